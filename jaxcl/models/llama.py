@@ -1,0 +1,359 @@
+"""A LLaMA-family decoder as pure functions over a plain params pytree.
+
+One file, no framework: ``apply(config, params, tokens, attention_mask) -> logits``.
+
+Shapes use one-letter names:
+    B batch, T query length, S key length (= T, or the cache length),
+    D hidden size, F MLP size, V vocabulary,
+    L layers, H query heads, K key/value heads, G = H // K (heads per KV group), E head dim.
+
+Params pytree (float arrays; weights stored ``[d_in, d_out]`` so a linear layer is ``x @ W``;
+per-layer weights are stacked on a leading ``L`` axis and the layers run under ``jax.lax.scan``):
+
+    {
+      "embed_tokens": [V, D],
+      "layers": {
+        "input_layernorm": [L, D],
+        "q_proj": [L, D, H*E], "k_proj": [L, D, K*E], "v_proj": [L, D, K*E], "o_proj": [L, H*E, D],
+        "post_attention_layernorm": [L, D],
+        "gate_proj": [L, D, F], "up_proj": [L, D, F], "down_proj": [L, F, D],
+      },
+      "norm": [D],
+      "lm_head": [D, V],          # only when tie_word_embeddings is False
+    }
+
+Leaf names follow the Hugging Face module names, so adapters target modules by path
+("layers/q_proj"). The model never changes: CL methods transform this pytree.
+
+Math per layer (pre-norm):
+    h = x + o_proj(attn(rope(q_proj(n1(x))), rope(k_proj(n1(x))), v_proj(n1(x))))
+    y = h + down_proj(silu(gate_proj(n2(h))) * up_proj(n2(h)))
+with n(x) = w * x / sqrt(mean(x²) + eps) (RMSNorm in float32), rotary embeddings in the
+"rotate half" layout of transformers (inv_freq_i = theta^(-2i/E)), causal grouped-query
+attention with a key-padding mask, and logits = norm(x_L) @ lm_head (or @ embed_tokensᵀ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, Any]
+
+_NEG_INF = -1e30  # finite, so a fully masked (padding) query row gives a uniform softmax, not NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Static hyper-parameters (hashable: usable as a static jit argument)."""
+
+    vocab_size: int  # V
+    hidden_size: int  # D
+    intermediate_size: int  # F
+    num_layers: int  # L
+    num_heads: int  # H
+    num_kv_heads: int  # K
+    head_dim: int  # E
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 2048
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    scan_layers: bool = True  # lax.scan over the stacked layers (fast compile) or an unrolled loop
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+
+    @property
+    def param_shapes(self) -> dict[str, Any]:
+        """The expected shape of every params leaf (the pytree layout in the module docstring)."""
+        L, D, F, V = self.num_layers, self.hidden_size, self.intermediate_size, self.vocab_size
+        HE, KE = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        shapes = {
+            "embed_tokens": (V, D),
+            "layers": {
+                "input_layernorm": (L, D),
+                "q_proj": (L, D, HE),
+                "k_proj": (L, D, KE),
+                "v_proj": (L, D, KE),
+                "o_proj": (L, HE, D),
+                "post_attention_layernorm": (L, D),
+                "gate_proj": (L, D, F),
+                "up_proj": (L, D, F),
+                "down_proj": (L, F, D),
+            },
+            "norm": (D,),
+        }
+        if not self.tie_word_embeddings:
+            shapes["lm_head"] = (D, V)
+        return shapes
+
+
+def init_params(config: LlamaConfig, key: jax.Array, dtype=jnp.float32) -> Params:
+    """Random params (normal, std 0.02; norms at 1) with the layout of ``config.param_shapes``."""
+    shapes = config.param_shapes
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    keys = jax.random.split(key, len(leaves))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        shapes, is_leaf=lambda s: isinstance(s, tuple))[0]]
+    out = []
+    for k, shape, path in zip(keys, leaves, paths):
+        if "norm" in path:
+            out.append(jnp.ones(shape, dtype))
+        else:
+            out.append((0.02 * jax.random.normal(k, shape)).astype(dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def check_params(config: LlamaConfig, params: Params) -> None:
+    """Raise ValueError naming the first missing/unexpected leaf or shape mismatch."""
+    expected = config.param_shapes
+    for name, shape in _flat(expected).items():
+        got = _flat(params).get(name)
+        if got is None:
+            raise ValueError(f"params is missing the tensor '{name}' (expected shape {shape})")
+        if tuple(got.shape) != tuple(shape):
+            raise ValueError(f"tensor '{name}' has shape {tuple(got.shape)}, expected {tuple(shape)}")
+    extra = set(_flat(params)) - set(_flat(expected))
+    if extra:
+        raise ValueError(f"params has unexpected tensors: {sorted(extra)}")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, name + "/"))
+        else:
+            out[name] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def rms_norm(x_BTD: jax.Array, w_D: jax.Array, eps: float) -> jax.Array:
+    """w * x / sqrt(mean(x², -1) + eps), computed in float32, returned in x's dtype."""
+    x32 = x_BTD.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (w_D * y.astype(x_BTD.dtype)).astype(x_BTD.dtype)
+
+
+def rope(x_BTNE: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, transformers' "rotate half" layout: x·cos + rotate_half(x)·sin."""
+    E = x_BTNE.shape[-1]
+    inv_freq_E2 = 1.0 / (theta ** (jnp.arange(0, E, 2, dtype=jnp.float32) / E))
+    angles_BTE2 = positions_BT[..., None].astype(jnp.float32) * inv_freq_E2
+    angles_BTE = jnp.concatenate([angles_BTE2, angles_BTE2], axis=-1)
+    cos, sin = jnp.cos(angles_BTE)[:, :, None, :], jnp.sin(angles_BTE)[:, :, None, :]
+    x1, x2 = jnp.split(x_BTNE.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x_BTNE.astype(jnp.float32) * cos + rotated * sin).astype(x_BTNE.dtype)
+
+
+def attention(
+    q_BTHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, allowed_BTS: jax.Array
+) -> jax.Array:
+    """Grouped-query softmax attention; ``allowed`` is the boolean causal+padding mask."""
+    B, T, H, E = q_BTHE.shape
+    K = k_BSKE.shape[2]
+    q_BTKGE = q_BTHE.reshape(B, T, K, H // K, E)
+    scores_BKGTS = jnp.einsum("btkge,bske->bkgts", q_BTKGE, k_BSKE) / math.sqrt(E)
+    scores_BKGTS = jnp.where(allowed_BTS[:, None, None], scores_BKGTS.astype(jnp.float32), _NEG_INF)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKE.dtype)
+    out_BTKGE = jnp.einsum("bkgts,bske->btkge", probs_BKGTS, v_BSKE)
+    return out_BTKGE.reshape(B, T, H * E)
+
+
+def mlp(x_BTD: jax.Array, layer: Params) -> jax.Array:
+    """SwiGLU: down(silu(x @ gate) * (x @ up))."""
+    return (jax.nn.silu(x_BTD @ layer["gate_proj"]) * (x_BTD @ layer["up_proj"])) @ layer["down_proj"]
+
+
+def decoder_layer(
+    config: LlamaConfig,
+    layer: Params,
+    x_BTD: jax.Array,
+    positions_BT: jax.Array,
+    allowed_BTS: jax.Array,
+    kv_cache: tuple[jax.Array, jax.Array] | None = None,
+    cache_index: jax.Array | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """One pre-norm block. With ``kv_cache`` ([B, S, K, E] each) the new keys/values are written
+    at ``cache_index`` and attention runs over the whole cache."""
+    B, T, _ = x_BTD.shape
+    H, K, E = config.num_heads, config.num_kv_heads, config.head_dim
+    with jax.named_scope("attention"):
+        h_BTD = rms_norm(x_BTD, layer["input_layernorm"], config.rms_norm_eps)
+        q_BTHE = rope((h_BTD @ layer["q_proj"]).reshape(B, T, H, E), positions_BT, config.rope_theta)
+        k_BTKE = rope((h_BTD @ layer["k_proj"]).reshape(B, T, K, E), positions_BT, config.rope_theta)
+        v_BTKE = (h_BTD @ layer["v_proj"]).reshape(B, T, K, E)
+        if kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            k_BSKE = jax.lax.dynamic_update_slice(k_cache, k_BTKE.astype(k_cache.dtype), (0, cache_index, 0, 0))
+            v_BSKE = jax.lax.dynamic_update_slice(v_cache, v_BTKE.astype(v_cache.dtype), (0, cache_index, 0, 0))
+            kv_cache = (k_BSKE, v_BSKE)
+        else:
+            k_BSKE, v_BSKE = k_BTKE, v_BTKE
+        x_BTD = x_BTD + attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS) @ layer["o_proj"]
+    with jax.named_scope("mlp"):
+        x_BTD = x_BTD + mlp(rms_norm(x_BTD, layer["post_attention_layernorm"], config.rms_norm_eps), layer)
+    return x_BTD, kv_cache
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def default_positions(attention_mask_BT: jax.Array) -> jax.Array:
+    """Position of each token among the real tokens of its row (works for left and right padding)."""
+    return jnp.maximum(jnp.cumsum(attention_mask_BT, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache=None, cache_index=None):
+    layers = params["layers"]
+    if cache is None:
+        def body(x, layer):
+            return decoder_layer(config, layer, x, positions_BT, allowed_BTS)[0], None
+
+        if config.scan_layers:
+            x_BTD, _ = jax.lax.scan(body, x_BTD, layers)
+        else:
+            for i in range(config.num_layers):
+                x_BTD, _ = body(x_BTD, jax.tree.map(lambda a: a[i], layers))
+        return x_BTD, None
+
+    def body_cached(x, layer_and_cache):
+        layer, k, v = layer_and_cache
+        x, (k, v) = decoder_layer(config, layer, x, positions_BT, allowed_BTS, (k, v), cache_index)
+        return x, (k, v)
+
+    x_BTD, (k_LBSKE, v_LBSKE) = jax.lax.scan(body_cached, x_BTD, (layers, cache["k"], cache["v"]))
+    return x_BTD, {"k": k_LBSKE, "v": v_LBSKE}
+
+
+def hidden_states(
+    config: LlamaConfig,
+    params: Params,
+    tokens_BT: jax.Array,
+    attention_mask_BT: jax.Array | None = None,
+    positions_BT: jax.Array | None = None,
+) -> jax.Array:
+    """Final normed hidden states [B, T, D] (before the output projection).
+
+    ``attention_mask`` is 1 for real tokens and 0 for padding (left or right). Padded query
+    rows produce finite garbage that callers must ignore.
+    """
+    B, T = tokens_BT.shape
+    if attention_mask_BT is None:
+        attention_mask_BT = jnp.ones((B, T), jnp.int32)
+    if positions_BT is None:
+        positions_BT = default_positions(attention_mask_BT)
+    causal_TS = jnp.tril(jnp.ones((T, T), bool))
+    allowed_BTS = causal_TS[None] & attention_mask_BT[:, None, :].astype(bool)
+    x_BTD = params["embed_tokens"][tokens_BT]
+    x_BTD, _ = _run_layers(config, params, x_BTD, positions_BT, allowed_BTS)
+    return rms_norm(x_BTD, params["norm"], config.rms_norm_eps)
+
+
+def output_weight(config: LlamaConfig, params: Params) -> jax.Array:
+    """The [D, V] output projection (the transposed embedding when tied)."""
+    return params["embed_tokens"].T if config.tie_word_embeddings else params["lm_head"]
+
+
+def logits_from_hidden(config: LlamaConfig, params: Params, h_BTD: jax.Array) -> jax.Array:
+    """[..., D] -> [..., V] logits in float32."""
+    return (h_BTD @ output_weight(config, params)).astype(jnp.float32)
+
+
+def apply(
+    config: LlamaConfig,
+    params: Params,
+    tokens_BT: jax.Array,
+    attention_mask_BT: jax.Array | None = None,
+    positions_BT: jax.Array | None = None,
+) -> jax.Array:
+    """Logits [B, T, V] for int32 tokens [B, T]."""
+    h_BTD = hidden_states(config, params, tokens_BT, attention_mask_BT, positions_BT)
+    return logits_from_hidden(config, params, h_BTD)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def init_cache(config: LlamaConfig, batch: int, length: int, dtype=jnp.float32) -> dict[str, jax.Array]:
+    """Empty KV cache: k, v [L, B, S, K, E]."""
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def generate(
+    config: LlamaConfig,
+    params: Params,
+    prompt_BT: jax.Array,
+    prompt_mask_BT: jax.Array,
+    max_new_tokens: int,
+) -> jax.Array:
+    """Greedy decoding with a KV cache; returns the new tokens [B, max_new_tokens].
+
+    Prompts must be LEFT-padded (``prompt_mask`` 0 on the padding) so every row's last prompt
+    token sits at column T-1. Rows keep decoding after an EOS; callers cut at the first EOS.
+    Jit with ``static_argnames=("config", "max_new_tokens")`` (``jaxcl.models.generate_jit``).
+    """
+    B, T = prompt_BT.shape
+    S = T + max_new_tokens
+    dtype = params["embed_tokens"].dtype
+    cache = init_cache(config, B, S, dtype)
+    key_mask_BS = jnp.zeros((B, S), bool).at[:, :T].set(prompt_mask_BT.astype(bool))
+    positions_BT = default_positions(prompt_mask_BT)
+
+    # prefill: all prompt tokens at once, cache columns [0, T)
+    allowed_BTS = jnp.tril(jnp.ones((T, S), bool))[None] & key_mask_BS[:, None, :]
+    x_BTD = params["embed_tokens"][prompt_BT]
+    x_BTD, cache = _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache, 0)
+    h_BD = rms_norm(x_BTD[:, -1], params["norm"], config.rms_norm_eps)
+    first_B = jnp.argmax(logits_from_hidden(config, params, h_BD), axis=-1).astype(jnp.int32)
+
+    def step(carry, i):
+        token_B, cache, key_mask_BS, pos_B = carry
+        index = T + i  # cache column of this token
+        key_mask_BS = key_mask_BS.at[:, index].set(True)
+        allowed_B1S = (jnp.arange(S)[None, None, :] <= index) & key_mask_BS[:, None, :]
+        x_B1D = params["embed_tokens"][token_B][:, None]
+        x_B1D, cache = _run_layers(config, params, x_B1D, pos_B[:, None], allowed_B1S, cache, index)
+        h_BD = rms_norm(x_B1D[:, 0], params["norm"], config.rms_norm_eps)
+        next_B = jnp.argmax(logits_from_hidden(config, params, h_BD), axis=-1).astype(jnp.int32)
+        return (next_B, cache, key_mask_BS, pos_B + 1), token_B
+
+    last_pos_B = positions_BT[:, -1] + 1
+    _, tokens_NB = jax.lax.scan(
+        step, (first_B, cache, key_mask_BS, last_pos_B), jnp.arange(max_new_tokens)
+    )
+    return tokens_NB.T
+
+
+generate_jit = jax.jit(generate, static_argnames=("config", "max_new_tokens"))
+apply_jit = jax.jit(apply, static_argnames=("config",))
+
+
+def generate_no_cache(config, params, prompt_BT, prompt_mask_BT, max_new_tokens):
+    """Reference greedy decoding that re-runs the full forward each step (for tests)."""
+    tokens, mask = prompt_BT, prompt_mask_BT
+    out = []
+    for _ in range(max_new_tokens):
+        logits = apply_jit(config, params, tokens, mask)
+        nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        out.append(nxt)
+        tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
+        mask = jnp.concatenate([mask, jnp.ones_like(mask[:, :1])], axis=1)
+    return jnp.stack(out, axis=1)

@@ -357,3 +357,28 @@ def generate_no_cache(config, params, prompt_BT, prompt_mask_BT, max_new_tokens)
         tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
         mask = jnp.concatenate([mask, jnp.ones_like(mask[:, :1])], axis=1)
     return jnp.stack(out, axis=1)
+
+
+def layer_io_similarity(
+    config: LlamaConfig, params: Params, tokens_BT: jax.Array, attention_mask_BT: jax.Array | None = None
+) -> jax.Array:
+    """Per-layer mean cosine similarity between a block's input and output hidden states: [L].
+
+    cos_l = mean over real tokens of <x_l, x_{l+1}> / (|x_l| |x_{l+1}|). A high value means the
+    layer changes its input little (Sculpting Subspaces' layer-importance statistic).
+    """
+    B, T = tokens_BT.shape
+    if attention_mask_BT is None:
+        attention_mask_BT = jnp.ones((B, T), jnp.int32)
+    positions_BT = default_positions(attention_mask_BT)
+    allowed_BTS = jnp.tril(jnp.ones((T, T), bool))[None] & attention_mask_BT[:, None, :].astype(bool)
+    mask_BT = attention_mask_BT.astype(jnp.float32)
+
+    def body(x, layer):
+        y, _ = decoder_layer(config, layer, x, positions_BT, allowed_BTS)
+        x32, y32 = x.astype(jnp.float32), y.astype(jnp.float32)
+        cos_BT = jnp.sum(x32 * y32, -1) / (jnp.linalg.norm(x32, axis=-1) * jnp.linalg.norm(y32, axis=-1) + 1e-12)
+        return y, jnp.sum(cos_BT * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)
+
+    _, cos_L = jax.lax.scan(body, params["embed_tokens"][tokens_BT], params["layers"])
+    return cos_L

@@ -1,0 +1,57 @@
+"""Named CL method presets (what ``jaxcl run --method NAME`` takes).
+
+Each preset module calls ``register(name, description)`` on a factory ``(**hyperparams) -> Method``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from jaxcl.core import Method
+
+_PRESET_MODULES = ("baselines", "oliera", "jumplora", "osft")
+_REGISTRY: dict[str, tuple[Callable[..., Method], str]] = {}
+_loaded = False
+
+
+def register(name: str, description: str) -> Callable:
+    """Decorator: register a factory ``(**hyperparams) -> Method`` under ``name``."""
+
+    def deco(factory):
+        if name in _REGISTRY and _REGISTRY[name][0] is not factory:
+            raise ValueError(f"method name {name!r} registered twice")
+        _REGISTRY[name] = (factory, description)
+        return factory
+
+    return deco
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in _PRESET_MODULES:
+        try:
+            importlib.import_module(f"jaxcl.methods.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"jaxcl.methods.{mod}":
+                raise
+    _loaded = True
+
+
+def available_methods() -> dict[str, str]:
+    """{name: one-line description} of every registered preset."""
+    _load()
+    return {k: v[1] for k, v in sorted(_REGISTRY.items())}
+
+
+def get_method(name: str, **hyperparams) -> Method:
+    """Build the preset ``name`` with optional hyper-parameter overrides.
+
+    Raises ValueError naming the known methods for an unknown name.
+    """
+    _load()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name][0](**hyperparams)

@@ -282,6 +282,17 @@ def compose(*parts: Part, name: str | None = None, regime: str = "sequential") -
     )
 
 
+def deployed_params(method: Method, params: Params, memory: Memory) -> Params:
+    """The weights a method deploys between tasks (no task id): ``apply(params, init(params, memory), memory)``.
+
+    After ``end_task`` a method's knowledge lives in ``params`` and ``memory``; a fresh ``init``
+    must contribute a zero update (LoRA's B = 0, a fresh generator = identity), except for
+    parts that resume from memory (SeqLoRA's carried adapter, full fine-tuning's copy).
+    """
+    trainable = method.init(jax.random.PRNGKey(0), params, memory)
+    return method.apply(params, trainable, memory, None)
+
+
 def total_penalty(terms: Mapping[str, jax.Array]) -> jax.Array:
     """Sum of a penalty dict (0.0 when empty)."""
     return sum(terms.values(), jnp.zeros((), jnp.float32))

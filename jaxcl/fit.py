@@ -39,9 +39,12 @@ def answer_loss(config: llama.LlamaConfig, params, batch) -> jax.Array:
     return jnp.sum(ce_BA * mask_BA) / jnp.maximum(jnp.sum(mask_BA), 1.0)
 
 
-def method_loss(method: Method, config, trainable, params, memory, batch, progress):
-    """(total loss, {"ce": ..., penalty terms...})."""
+def method_loss(method: Method, config, trainable, params, memory, batch, progress, compute_dtype=None):
+    """(total loss, {"ce": ..., penalty terms...}); ``compute_dtype`` (e.g. bfloat16) casts the
+    effective weights for the forward only (mixed precision; gradients reach fp32 trainables)."""
     eff = method.apply(params, trainable, memory, progress)
+    if compute_dtype is not None:
+        eff = jax.tree.map(lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, eff)
     ce = answer_loss(config, eff, batch)
     terms = method.penalty(params, trainable, memory, progress)
     return ce + total_penalty(terms), {"ce": ce, **terms}
@@ -53,7 +56,9 @@ def default_optimizer(learning_rate: float = 1e-3, weight_decay: float = 0.0, cl
     return adamw if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
 
 
-def make_train_step(method: Method, config: llama.LlamaConfig, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(
+    method: Method, config: llama.LlamaConfig, tx: optax.GradientTransformation, compute_dtype=None
+) -> Callable:
     """A jit-compiled ``step(trainable, opt_state, params, memory, batch, step, total)``.
 
     Returns ``(trainable, opt_state, metrics)``; metrics hold "loss", "ce", the penalty terms
@@ -63,7 +68,7 @@ def make_train_step(method: Method, config: llama.LlamaConfig, tx: optax.Gradien
     def step(trainable, opt_state, params, memory, batch, step_idx, total):
         progress = Progress(step_idx, total)
         (loss, aux), grads = jax.value_and_grad(
-            lambda t: method_loss(method, config, t, params, memory, batch, progress), has_aux=True
+            lambda t: method_loss(method, config, t, params, memory, batch, progress, compute_dtype), has_aux=True
         )(trainable)
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)

@@ -73,7 +73,7 @@ def make_train_step(
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         trainable = method.post_update(params, trainable, memory, progress)
-        return trainable, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        return trainable, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
 
     return jax.jit(step, donate_argnums=(0, 1))
 

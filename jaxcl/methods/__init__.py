@@ -46,6 +46,21 @@ def available_methods() -> dict[str, str]:
     return {k: v[1] for k, v in sorted(_REGISTRY.items())}
 
 
+_LEARNING_RATES: dict[str, Callable[[int], float]] = {}
+
+
+def set_recommended_learning_rate(name: str, lr: float | Callable[[int], float]) -> None:
+    """Declare a preset's learning rate (a float, or a function of the task index)."""
+    _LEARNING_RATES[name] = lr if callable(lr) else (lambda task_index, lr=lr: lr)
+
+
+def recommended_learning_rate(name: str, task_index: int = 0) -> float | None:
+    """The paper's learning rate for preset ``name`` at task ``task_index`` (None if not declared)."""
+    _load()
+    f = _LEARNING_RATES.get(name)
+    return None if f is None else float(f(task_index))
+
+
 def get_method(name: str, **hyperparams) -> Method:
     """Build the preset ``name`` with optional hyper-parameter overrides.
 
@@ -54,4 +69,5 @@ def get_method(name: str, **hyperparams) -> Method:
     _load()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name][0](**hyperparams)
+    method = _REGISTRY[name][0](**hyperparams)
+    return method._replace(name=name)

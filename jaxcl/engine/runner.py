@@ -28,6 +28,7 @@ from jaxcl.core import Method, TaskInfo, deployed_params
 from jaxcl.engine.checkpoint import CheckpointCorrupt, RunCheckpoints
 from jaxcl.engine.config import RunConfig
 from jaxcl.engine.evaluate import evaluate_task
+from jaxcl.engine.sharding import shard_batch, shard_params
 from jaxcl.eval import metrics as M
 from jaxcl.fit import default_optimizer, make_train_step
 
@@ -100,10 +101,6 @@ class _Log:
             self.f.close()
 
 
-def _shard(tree, sharding):
-    return tree if sharding is None else jax.device_put(tree, sharding)
-
-
 def run_stream(
     method: Method,
     model,
@@ -113,6 +110,7 @@ def run_stream(
     resume: bool = False,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    fsdp: bool = False,
     encoded: EncodedStream | None = None,
 ) -> Result:
     """Train ``method`` on ``model`` through ``stream`` (a list of ``jaxcl.data.TaskData``).
@@ -125,8 +123,9 @@ def run_stream(
       run_dir: where checkpoints, logs and metrics go (None: nothing is written, no resume).
       resume: continue from the checkpoints in ``run_dir``.
       progress: show tqdm progress bars.
-      mesh: a ``jax.sharding.Mesh`` with a "data" axis: batches are sharded over it and the
-        parameters replicated (multi-host: call ``jax.distributed.initialize()`` first).
+      mesh: a ``jax.sharding.Mesh`` with a "data" axis (``jaxcl.engine.sharding.data_mesh()``):
+        batches are sharded over it and the parameters replicated, or split FSDP-style with
+        ``fsdp=True`` (multi-host: call ``jax.distributed.initialize()`` first).
     """
     config = config.resolved()
     tokenizer = model.tokenizer
@@ -143,12 +142,10 @@ def run_stream(
     run_dir = Path(run_dir) if run_dir else None
     ckpts = RunCheckpoints(run_dir) if run_dir else None
     log = _Log(run_dir / "log.jsonl" if run_dir else None)
-    batch_sharding = param_sharding = None
-    if mesh is not None:
-        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        param_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    place_params = (lambda t: t) if mesh is None else (lambda t: shard_params(t, mesh, fsdp))
+    place_batch = (lambda b: b) if mesh is None else (lambda b: shard_batch(b, mesh))
 
-    base_params = _shard(model.params, param_sharding)
+    base_params = place_params(model.params)
     params, memory = base_params, method.init_memory(base_params)
     R = np.full((T, T), np.nan)
     reports: list[dict[str, float]] = []
@@ -159,7 +156,7 @@ def run_stream(
         if latest is not None:
             done, meta = latest
             params, memory = ckpts.restore_task(done, base_params)
-            params, memory = _shard(params, param_sharding), _shard(memory, param_sharding)
+            params, memory = place_params(params), place_params(memory)
             R = np.array(meta["R"], dtype=float)
             reports = meta.get("reports", [])
             evals = meta.get("evals", {})
@@ -181,7 +178,7 @@ def run_stream(
                             batches=lambda b=batches: iter(b), num_steps=n_steps)
             params, memory = method.begin_task(params, memory, task)
             key = jax.random.fold_in(jax.random.PRNGKey(config.seed), t_idx)
-            trainable = _shard(method.init(key, params, memory), param_sharding)
+            trainable = place_params(method.init(key, params, memory))
             lr = config.learning_rate or _recommended_lr(method, t_idx) or 1e-3
             tx = method.tx(default_optimizer(lr, config.weight_decay, config.clip_norm), memory)
             if config.grad_accum > 1:
@@ -197,7 +194,7 @@ def run_stream(
             bar = _tqdm(total=n_steps, initial=step0, desc=f"task {t_idx + 1}/{len(schedule)} {tname}",
                         leave=False, disable=not progress)
             for s in range(step0, n_steps):
-                batch = _shard(jax.tree.map(jnp.asarray, batches[s]), batch_sharding)
+                batch = place_batch(jax.tree.map(jnp.asarray, batches[s]))
                 t0 = time.perf_counter()
                 trainable, opt_state, m = step_fn(trainable, opt_state, params, memory, batch, s, n_steps)
                 m = {k: float(v) for k, v in m.items()}

@@ -44,8 +44,9 @@ def markdown_matrix(names: Sequence[str], R: np.ndarray, summary: dict, title: s
     for i, n in enumerate(names):
         lines.append(f"| {n} | " + " | ".join(_pct(v) for v in R[i]) + " |")
     lines += ["", "| metric | value |", "|---|---|"]
-    for k, v in summary.items():
-        lines.append(f"| {k} | {_pct(v) if isinstance(v, float) else v} |")
+    for k in ("average_accuracy", "backward_transfer", "forgetting"):
+        if k in summary:
+            lines.append(f"| {k} (%) | {_pct(summary[k])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,108 @@
+"""Benchmark: train-step time of every CL method on SmolLM2-135M, relative to its plain counterpart.
+
+Adapter methods are compared with plain LoRA (`seqlora`), full-weight methods (`osft`) with plain
+full fine-tuning (`seqft`), all measured in this run on the same batch (B x T random tokens with
+4 answer tokens), at the *second* task of a stream (so memories — frozen adapters, past updates,
+bases — exist). Also prints OSFT's begin_task time (SVD of every target + importance).
+Median of --runs steps after a warm-up step (which includes compilation, reported separately).
+
+    python experiments/bench_methods.py [--batch 8] [--seq 128] [--runs 5] [--methods a,b] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+ADAPTER_REF, FULL_REF = "seqlora", "seqft"
+FULL_METHODS = {"seqft", "osft"}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--methods", default=None, help="comma-separated (default: all registered)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+
+    import jaxcl
+    from jaxcl.batch import collate_train
+    from jaxcl.core import TaskInfo
+    from jaxcl.fit import default_optimizer, make_train_step
+    from jaxcl.methods import available_methods, get_method
+
+    model = jaxcl.load_pretrained("smollm2-135m", tokenizer=False)
+    cfg, base = model.config, model.params
+    B, T = args.batch, args.seq
+    rng = np.random.default_rng(0)
+    batch = collate_train([list(rng.integers(3, 49152, T - 4)) for _ in range(B)], [[5, 6, 7, 2]] * B, 2, T, 4)
+    batch = jax.tree.map(jnp.asarray, batch)
+    names = args.methods.split(",") if args.methods else [m for m in available_methods() if m != "mtl"]
+    for ref in (ADAPTER_REF, FULL_REF):
+        if ref not in names:
+            names.insert(0, ref)
+
+    rows = {}
+    for name in names:
+        method = get_method(name)
+        params, memory = base, method.init_memory(base)
+        # task 1: pretend-trained (random small update), so task 2 has a memory
+        t1 = TaskInfo(index=0, name="t1", num_tasks=2, config=cfg, batches=lambda: [batch], num_steps=10)
+        params, memory = method.begin_task(params, memory, t1)
+        tr = method.init(jax.random.PRNGKey(0), params, memory)
+        tr = jax.tree.map(lambda x: x + 1e-3 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype)
+                          if jnp.issubdtype(x.dtype, jnp.floating) else x, tr)
+        params, memory = method.end_task(params, tr, memory, t1)
+        t2 = TaskInfo(index=1, name="t2", num_tasks=2, config=cfg, batches=lambda: [batch], num_steps=10)
+        t0 = time.perf_counter()
+        params, memory = method.begin_task(params, memory, t2)
+        jax.block_until_ready(memory)
+        begin_s = time.perf_counter() - t0
+        tr = method.init(jax.random.PRNGKey(2), params, memory)
+        tx = method.tx(default_optimizer(1e-4), memory)
+        opt = tx.init(tr)
+        step = make_train_step(method, cfg, tx)
+        t0 = time.perf_counter()
+        tr, opt, m = step(tr, opt, params, memory, batch, 0, 10)
+        jax.block_until_ready(tr)
+        first_s = time.perf_counter() - t0
+        ts = []
+        for i in range(args.runs):
+            t0 = time.perf_counter()
+            tr, opt, m = step(tr, opt, params, memory, batch, 1 + i, 10)
+            jax.block_until_ready(tr)
+            ts.append(time.perf_counter() - t0)
+        rows[name] = (first_s, statistics.median(ts), begin_s)
+        print(f"{name}: step {rows[name][1]:.3f}s (first {first_s:.1f}s, begin_task {begin_s:.2f}s)", flush=True)
+        del tr, opt, step, memory, params
+
+    lines = [
+        f"Train step on SmolLM2-135M, batch {B} x {T}, float32, second task of a stream; median of {args.runs} steps",
+        f"device: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform})",
+        "",
+        "| method | reference | step (s) | vs reference | first step incl. compile (s) | begin_task (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, (first_s, step_s, begin_s) in rows.items():
+        ref = FULL_REF if name in FULL_METHODS else ADAPTER_REF
+        lines.append(f"| {name} | {ref} | {step_s:.3f} | {step_s / rows[ref][1]:.2f}x | {first_s:.1f} | {begin_s:.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

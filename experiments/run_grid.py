@@ -1,0 +1,67 @@
+"""Run the accuracy grid of the papers' comparison (issue 6) in resumable pieces.
+
+Each cell (method, order, seed) is one `jaxcl run` in `experiments/runs/<method>_o<order>_s<seed>`;
+a finished cell is skipped, an interrupted one resumes from its checkpoints. After each cell its
+`metrics.json` is copied to `experiments/results/<benchmark>/<cell>.json` (small, committed).
+Regenerate tables/plots with `python experiments/make_tables.py`.
+
+    python experiments/run_grid.py --benchmark standard --orders 1,2,3 --seeds 0,1 \
+        --methods seqft,seqlora,inclora,olora,nlora,ella,oliera,jumplora,jumplora+olora,jumplora+ella,osft,mtl \
+        [--preset quick] [--data-dir ../shared/cl_benchmark] [--max-cells N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--benchmark", default="standard")
+    ap.add_argument("--orders", default="1,2,3")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--methods", default="seqft,seqlora,inclora,olora,nlora,ella,oliera,jumplora,jumplora+olora,jumplora+ella,osft,mtl")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--max-cells", type=int, default=None, help="stop after this many cells (session budget)")
+    args = ap.parse_args()
+
+    from jaxcl.engine import RunConfig, run_experiment
+    import jaxcl
+
+    model = None
+    done = 0
+    for order in map(int, args.orders.split(",")):
+        for seed in map(int, args.seeds.split(",")):
+            for method in args.methods.split(","):
+                cell = f"{method}_o{order}_s{seed}"
+                result_json = HERE / "results" / args.benchmark / args.preset / f"{cell}.json"
+                if result_json.is_file():
+                    continue
+                if args.max_cells is not None and done >= args.max_cells:
+                    return
+                model = model or jaxcl.load_pretrained("smollm2-135m")
+                run_dir = HERE / "runs" / args.benchmark / args.preset / cell
+                config = RunConfig(method=method, benchmark=args.benchmark, order=order, seed=seed,
+                                   preset=args.preset, data_dir=args.data_dir)
+                t0 = time.time()
+                resume = (run_dir / "config.json").is_file()
+                run_experiment(config, run_dir, resume=resume, progress=False, model=model)
+                result_json.parent.mkdir(parents=True, exist_ok=True)
+                m = json.loads((run_dir / "metrics.json").read_text())
+                m["wall_time_s"] = time.time() - t0
+                m.pop("evals", None)
+                result_json.write_text(json.dumps(m, indent=1))
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                print(f"{cell}: AA {m['summary']['average_accuracy']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+                done += 1
+
+
+if __name__ == "__main__":
+    main()

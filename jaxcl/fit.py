@@ -6,8 +6,10 @@ The loss of a step is the mean cross-entropy over the answer tokens of the batch
     L(trainable) = CE(apply(params, trainable, memory)) + Σ_k penalty_k(params, trainable, memory)
 
 Gradients are taken w.r.t. ``trainable`` only; ``params`` (the base model) and ``memory`` (what
-earlier tasks left) are inputs of the compiled step, never constants baked into it, so a task
-whose memory grew recompiles once and a task of the same shapes not at all.
+earlier tasks left) are inputs of the compiled step, never constants baked into it: the engine
+compiles one step per task (memory shapes may grow between tasks), not one per batch shape change
+of the memory. After ``end_task`` evaluate ``jaxcl.core.deployed_params(method, params, memory)``,
+not ``apply(params, trainable, memory)``: the finished adapter already lives in memory.
 """
 
 from __future__ import annotations

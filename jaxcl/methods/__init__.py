@@ -46,19 +46,17 @@ def available_methods() -> dict[str, str]:
     return {k: v[1] for k, v in sorted(_REGISTRY.items())}
 
 
-_LEARNING_RATES: dict[str, Callable[[int], float]] = {}
-
-
-def set_recommended_learning_rate(name: str, lr: float | Callable[[int], float]) -> None:
-    """Declare a preset's learning rate (a float, or a function of the task index)."""
-    _LEARNING_RATES[name] = lr if callable(lr) else (lambda task_index, lr=lr: lr)
+# The papers' learning rates per preset: (first task, later tasks). Preset modules add theirs.
+RECOMMENDED_LR: dict[str, tuple[float, float]] = {}
 
 
 def recommended_learning_rate(name: str, task_index: int = 0) -> float | None:
-    """The paper's learning rate for preset ``name`` at task ``task_index`` (None if not declared)."""
+    """The papers' learning rate for preset ``name`` at task ``task_index`` (None if not declared)."""
     _load()
-    f = _LEARNING_RATES.get(name)
-    return None if f is None else float(f(task_index))
+    if name not in RECOMMENDED_LR:
+        return None
+    first, later = RECOMMENDED_LR[name]
+    return first if task_index == 0 else later
 
 
 def get_method(name: str, **hyperparams) -> Method:

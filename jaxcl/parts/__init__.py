@@ -10,3 +10,7 @@ from jaxcl.parts.gates import jumprelu_gate
 from jaxcl.parts.lie import hadamard_lie, lie_orthogonality, lie_rotation, rotation_orthogonality
 
 __all__ += ["hadamard_lie", "jumprelu_gate", "lie_orthogonality", "lie_rotation", "rotation_orthogonality"]
+
+from jaxcl.parts.osft import osft_projection
+
+__all__ += ["osft_projection"]

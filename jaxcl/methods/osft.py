@@ -1,0 +1,49 @@
+"""Sculpting Subspaces / OSFT as a preset: ``osft`` = ``full_finetune`` + ``osft_projection``.
+
+=====  ===========================================================================  ==================
+name   parts                                                                        spec
+=====  ===========================================================================  ==================
+osft   full_finetune(q,k,v,o,gate,up,down) + osft_projection(adaptive, mrr 0.1,     sculpting_osf §1–2
+       trr 0.8, two-sided): full FT with every update orthogonal to the top
+       singular subspaces of the weights at task start
+=====  ===========================================================================  ==================
+
+Dense weights with a projected update (spec §2.2 variant W), not the factorised
+``U_low Σ_low V_lowᵀ`` reparametrisation of the released codes (variant F): variant W is the
+one the ``full_finetune`` engine path trains and keeps the constraint exact for any optax
+optimizer (AdamW and its weight decay included). ``experiments/bench_osft.py`` measures both at
+SmolLM2-135M shapes (CPU, L = 30, 512 tokens per layer, ρ = 0.8; step time / full-FT step):
+two-sided projection 1.64×; factorised through a dense ``W_high + U_low diag(s) V_lowᵀ`` (the
+only way ``jaxcl.models.llama``, which multiplies dense weights, could run it) 1.67×; factorised
+with a thin low-rank forward (mini_trainer) 1.25×, which would need a low-rank matmul path in
+the model. So variant F is not shipped.
+
+Learning rate: ``RECOMMENDED_LR["osft"] = (1e-5, 1e-5)``, the released scripts' AdamW rate (T5
+``finetune_svd.py`` and LLaMA-2 ``test2.py``, wd 0.01 for LLaMA; spec §6; a secondary summary
+gives 5e-5 for T5-Large). jaxcl's tests use larger rates on tiny random models.
+
+References: arXiv 2504.07097 (ICLR 2026, OSFT); ``jaxcl.parts.osft`` for the maths and options.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from jaxcl.core import ALL_LINEAR_TARGETS, Method, compose
+from jaxcl.methods import RECOMMENDED_LR, register
+from jaxcl.parts.adapters import full_finetune
+from jaxcl.parts.osft import osft_projection
+
+RECOMMENDED_LR["osft"] = (1e-5, 1e-5)
+
+
+@register("osft", "Sculpting Subspaces / OSFT: full FT of all linear weights, updates orthogonal to their top "
+                  "singular subspaces (adaptive ranks, mrr 0.1, trr 0.8)")
+def osft(*, targets: str | Iterable[str] = ALL_LINEAR_TARGETS, **options) -> Method:
+    """OSFT: ``compose(full_finetune(targets), osft_projection(targets, **options))``.
+
+    ``options`` are ``jaxcl.parts.osft.osft_projection``'s: ``rank_rule`` ("adaptive", "fixed",
+    "progressive"), ``mrr`` (0.1), ``trr`` (0.8), ``ratio``, ``preserve_pretrained`` (False),
+    ``form`` ("two_sided" | "high_high"), ``project_gradients`` (True), ``importance_batches`` (5).
+    """
+    return compose(full_finetune(targets), osft_projection(targets=targets, **options), name="osft")

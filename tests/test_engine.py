@@ -83,3 +83,23 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(model, tmp_path):
     cfg = tiny_config(method="seqft", learning_rate=1e30, clip_norm=1e30, checkpoint_every=0)
     with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+"):
         run_experiment(cfg, tmp_path / "run", progress=False, model=model)
+
+
+def test_corrupt_checkpoint_is_reported_not_overwritten(reference_run, model, tmp_path):
+    import shutil
+
+    from jaxcl.engine.checkpoint import CheckpointCorrupt
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run.run_dir, run_dir)
+    meta = run_dir / "checkpoints" / "task_001" / "meta.json"
+    meta.write_text("{not json")
+    with pytest.raises(CheckpointCorrupt, match="task_001/meta.json"):
+        run_experiment(tiny_config(), run_dir, resume=True, progress=False, model=model)
+    assert meta.read_text() == "{not json"  # left as it was for the user to inspect
+    shutil.copy(reference_run.run_dir / "checkpoints" / "task_001" / "meta.json", meta)
+    for f in (run_dir / "checkpoints" / "task_001" / "state").rglob("*"):
+        if f.is_file() and "manifest" in f.name:
+            f.write_bytes(b"garbage")
+    with pytest.raises(CheckpointCorrupt, match="cannot restore checkpoint"):
+        run_experiment(tiny_config(), run_dir, resume=True, progress=False, model=model)

@@ -7,8 +7,7 @@ The loss of a step is the mean cross-entropy over the answer tokens of the batch
 
 Gradients are taken w.r.t. ``trainable`` only; ``params`` (the base model) and ``memory`` (what
 earlier tasks left) are inputs of the compiled step, never constants baked into it: the engine
-compiles one step per task (memory shapes may grow between tasks), not one per batch shape change
-of the memory. After ``end_task`` evaluate ``jaxcl.core.deployed_params(method, params, memory)``,
+compiles one step per task (memory shapes may grow between tasks) and none per batch. After ``end_task`` evaluate ``jaxcl.core.deployed_params(method, params, memory)``,
 not ``apply(params, trainable, memory)``: the finished adapter already lives in memory.
 """
 

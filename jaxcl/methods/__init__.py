@@ -32,11 +32,7 @@ def _load() -> None:
     if _loaded:
         return
     for mod in _PRESET_MODULES:
-        try:
-            importlib.import_module(f"jaxcl.methods.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"jaxcl.methods.{mod}":
-                raise
+        importlib.import_module(f"jaxcl.methods.{mod}")
     _loaded = True
 
 

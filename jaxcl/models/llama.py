@@ -242,6 +242,17 @@ def _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache=None, ca
     return x_BTD, {"k": k_LBSKE, "v": v_LBSKE}
 
 
+def _attention_inputs(tokens_BT, attention_mask_BT=None, positions_BT=None):
+    """(mask [B, T], positions [B, T], allowed [B, T, T]: causal and not a padding key)."""
+    B, T = tokens_BT.shape
+    if attention_mask_BT is None:
+        attention_mask_BT = jnp.ones((B, T), jnp.int32)
+    if positions_BT is None:
+        positions_BT = default_positions(attention_mask_BT)
+    allowed_BTS = jnp.tril(jnp.ones((T, T), bool))[None] & attention_mask_BT[:, None, :].astype(bool)
+    return attention_mask_BT, positions_BT, allowed_BTS
+
+
 def hidden_states(
     config: LlamaConfig,
     params: Params,
@@ -254,13 +265,7 @@ def hidden_states(
     ``attention_mask`` is 1 for real tokens and 0 for padding (left or right). Padded query
     rows produce finite garbage that callers must ignore.
     """
-    B, T = tokens_BT.shape
-    if attention_mask_BT is None:
-        attention_mask_BT = jnp.ones((B, T), jnp.int32)
-    if positions_BT is None:
-        positions_BT = default_positions(attention_mask_BT)
-    causal_TS = jnp.tril(jnp.ones((T, T), bool))
-    allowed_BTS = causal_TS[None] & attention_mask_BT[:, None, :].astype(bool)
+    attention_mask_BT, positions_BT, allowed_BTS = _attention_inputs(tokens_BT, attention_mask_BT, positions_BT)
     x_BTD = params["embed_tokens"][tokens_BT]
     x_BTD, _ = _run_layers(config, params, x_BTD, positions_BT, allowed_BTS)
     return rms_norm(x_BTD, params["norm"], config.rms_norm_eps)
@@ -367,11 +372,7 @@ def layer_io_similarity(
     cos_l = mean over real tokens of <x_l, x_{l+1}> / (|x_l| |x_{l+1}|). A high value means the
     layer changes its input little (Sculpting Subspaces' layer-importance statistic).
     """
-    B, T = tokens_BT.shape
-    if attention_mask_BT is None:
-        attention_mask_BT = jnp.ones((B, T), jnp.int32)
-    positions_BT = default_positions(attention_mask_BT)
-    allowed_BTS = jnp.tril(jnp.ones((T, T), bool))[None] & attention_mask_BT[:, None, :].astype(bool)
+    attention_mask_BT, positions_BT, allowed_BTS = _attention_inputs(tokens_BT, attention_mask_BT)
     mask_BT = attention_mask_BT.astype(jnp.float32)
 
     def body(x, layer):

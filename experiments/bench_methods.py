@@ -5,6 +5,8 @@ full fine-tuning (`seqft`), all measured in this run on the same batch (B x T ra
 4 answer tokens), at the *second* task of a stream (so memories — frozen adapters, past updates,
 bases — exist). Also prints OSFT's begin_task time (SVD of every target + importance).
 Median of --runs steps after a warm-up step (which includes compilation, reported separately).
+A method may carry hyper-parameter overrides, ``name:key=value:key=value`` (Python literals), e.g.
+``osft:project_gradients=False`` (the final update projected, not the gradient).
 
     python experiments/bench_methods.py [--batch 8] [--seq 128] [--runs 5] [--methods a,b] [--out FILE]
 """
@@ -12,6 +14,7 @@ Median of --runs steps after a warm-up step (which includes compilation, reporte
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import platform
 import statistics
@@ -21,6 +24,18 @@ import numpy as np
 
 ADAPTER_REF, FULL_REF = "seqlora", "seqft"
 FULL_METHODS = {"seqft", "osft"}
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"osft:project_gradients=False"`` -> ``("osft", {"project_gradients": False})``."""
+    name, *overrides = spec.split(":")
+    kwargs = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad override {item!r} in {spec!r}; expected key=value")
+        kwargs[key] = ast.literal_eval(value)
+    return name, kwargs
 
 
 def main():
@@ -50,13 +65,16 @@ def main():
     # mtl is seqlora's step; oliera-rot hangs on CPU at 30 layers (experiments/repro_oliera_rot_hang.py)
     skip = {"mtl", "oliera-rot"}
     names = args.methods.split(",") if args.methods else [m for m in available_methods() if m not in skip]
+    if not args.methods:
+        names.append("osft:project_gradients=False")
     for ref in (ADAPTER_REF, FULL_REF):
         if ref not in names:
             names.insert(0, ref)
 
     rows = {}
     for name in names:
-        method = get_method(name)
+        base_name, overrides = parse_method(name)
+        method = get_method(base_name, **overrides)
         params, memory = base, method.init_memory(base)
         # task 1: pretend-trained (random small update), so task 2 has a memory
         t1 = TaskInfo(index=0, name="t1", num_tasks=2, config=cfg, batches=lambda: [batch], num_steps=10)
@@ -96,7 +114,7 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     for name, (first_s, step_s, begin_s) in rows.items():
-        ref = FULL_REF if name in FULL_METHODS else ADAPTER_REF
+        ref = FULL_REF if parse_method(name)[0] in FULL_METHODS else ADAPTER_REF
         lines.append(f"| {name} | {ref} | {step_s:.3f} | {step_s / rows[ref][1]:.2f}x | {first_s:.1f} | {begin_s:.2f} |")
     text = "\n".join(lines)
     print(text)

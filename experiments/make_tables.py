@@ -2,8 +2,10 @@
 
     python experiments/make_tables.py [--benchmark standard] [--preset quick]
 
-Writes experiments/results/<benchmark>/<preset>/{table.md, aa_bwt.png, heatmaps/<cell>.png}:
-per method, AA / BWT / forgetting as mean ± spread (min–max) over seeds, per order.
+Writes experiments/results/<benchmark>/<preset>/{table.md, comparison.md, aa_bwt.png, heatmaps/<cell>.png}:
+per method, AA / BWT / forgetting as mean ± spread (min–max) over seeds, per order; and
+``comparison.md``, jaxcl's AA next to the papers' T5-large AA (``experiments/paper_results.json``,
+transcribed from the specs) with both rankings and their Spearman correlation.
 """
 
 from __future__ import annotations
@@ -58,6 +60,65 @@ def main():
     (folder / "table.md").write_text(table)
     plots.plot_comparison(summaries, folder / "aa_bwt.png")
     print(table)
+    comparison = paper_comparison(by_method, args.benchmark, args.preset)
+    (folder / "comparison.md").write_text(comparison)
+    print(comparison)
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    """1 = best (highest); ties share their mean rank."""
+    v = np.asarray(values, float)
+    order = (-v).argsort(kind="stable")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(1, len(v) + 1)
+    for x in np.unique(v):
+        ranks[v == x] = ranks[v == x].mean()
+    return ranks
+
+
+def paper_comparison(by_method: dict, benchmark: str, preset: str) -> str:
+    """Markdown: jaxcl AA per method vs the papers' T5-large AA on the same orders, with ranks."""
+    paper = json.loads((HERE / "paper_results.json").read_text())
+    key = "standard" if benchmark == "standard" else "long"
+    first_order = 1 if key == "standard" else 4
+    rows = []
+    for method, d in sorted(by_method.items()):
+        orders = sorted(d)
+        ours = [100 * r["average_accuracy"] for o in orders for r in d[o]]
+        bwt = [100 * r["backward_transfer"] for o in orders for r in d[o]]
+        ref = paper["methods"].get(method)
+        theirs, note = None, ""
+        if ref is not None:
+            per_order = [ref[key][o - first_order] for o in orders]
+            if all(v is not None for v in per_order):
+                theirs = float(np.mean(per_order))
+            elif ref[key][3] is not None:
+                theirs, note = ref[key][3], " †"
+        rows.append((method, orders, ours, bwt, theirs, note, ref["source"] if ref else "–"))
+    both = [r for r in rows if r[4] is not None]
+    ours_rank = dict(zip([r[0] for r in both], _ranks([np.mean(r[2]) for r in both])))
+    paper_rank = dict(zip([r[0] for r in both], _ranks([r[4] for r in both])))
+    lines = [
+        f"jaxcl (SmolLM2-135M, preset '{preset}') vs the papers ({paper['model']}), {benchmark} benchmark: "
+        "average accuracy (%) after the last task, over the orders jaxcl ran (paper value on the same orders; "
+        "† = only the paper's mean over all orders is known). Ranks among the methods with both numbers.",
+        "",
+        "| method | orders | jaxcl AA (min–max) | jaxcl BWT | paper AA | jaxcl rank | paper rank | paper source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, orders, ours, bwt, theirs, note, source in rows:
+        spread = f" ({min(ours):.1f}–{max(ours):.1f})" if len(ours) > 1 else ""
+        lines.append(
+            f"| {method} | {','.join(map(str, orders))} | {np.mean(ours):.1f}{spread} | {np.nanmean(bwt):.1f} | "
+            + ("–" if theirs is None else f"{theirs:.1f}{note}")
+            + f" | {ours_rank.get(method, float('nan')):.1f} | {paper_rank.get(method, float('nan')):.1f} | {source} |".replace("nan", "–")
+        )
+    if len(both) >= 3:
+        a = np.array([ours_rank[r[0]] for r in both])
+        b = np.array([paper_rank[r[0]] for r in both])
+        rho = float(np.corrcoef(a, b)[0, 1])
+        lines += ["", f"Spearman rank correlation over the {len(both)} methods with both numbers: {rho:.2f}."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from jaxcl.core import TaskInfo, get_path
 from jaxcl.fit import fit_task
 from jaxcl.methods import get_method
 from jaxcl.models import llama
-from jaxcl.optim import (Free, Preserve, SubspaceBasis, project_matrix, project_optimizer, project_out_subspaces,
+from jaxcl.optim import (Free, Preserve, SubspaceBasis, layer_plan, project_matrix, project_optimizer, project_out_subspaces,
                          svd_bases)
 from jaxcl.parts.osft import adaptive_ratios, osft_projection, preserved_ranks
 from kernels.projection import thin_svd
@@ -141,13 +141,17 @@ def test_complement_bases_give_the_same_projection(shape):
     w, g = jax.random.normal(jax.random.key(3), (2, *shape))
     ranks = jnp.array([0, 6, 9])
     free, kept = svd_bases(w, ranks, complement=True), svd_bases(w, ranks, complement=False)
-    auto = svd_bases(w, ranks)  # r − min(ranks) = 10 > max(ranks) = 9: Preserve everywhere
+    auto = svd_bases(w, ranks)  # Σ(r − k) = 15 is not < Σk = 15: Preserve everywhere
     assert isinstance(auto.u, Preserve) and isinstance(auto.v, Preserve)
     assert isinstance(free.u, Free) == (shape[1] == 10) and isinstance(free.v, Free) == (shape[2] == 10)
     project = jax.jit(project_matrix, static_argnums=2)
     for form in ("two_sided", "high_high"):
         np.testing.assert_allclose(project(g, free, form), project(g, kept, form), atol=2e-5)
-    assert isinstance(svd_bases(w, jnp.array([7, 8, 9])).u, Free) == (shape[1] == 10)  # 10 − 7 < 9
+        for basis in (free, kept):  # layer by layer through the active columns only: the same projector
+            plan = layer_plan(basis)
+            assert plan is not None and len(plan) == 3
+            np.testing.assert_allclose(project_matrix(g, basis, form, plan), project(g, kept, form), atol=2e-5)
+    assert isinstance(svd_bases(w, jnp.array([7, 8, 9])).u, Free) == (shape[1] == 10)  # Σ(r − k) = 6 < 24
 
 
 # ----------------------------------------------------------------------------- ranks

@@ -59,6 +59,7 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxcl.core import path_of
@@ -151,7 +152,8 @@ def svd_bases(
     u, v = _singular_vectors(w)
     sides = []
     for vecs, d in ((u, d_in), (v, d_out)):
-        use_free = d == r and (complement or (complement is None and r - lo < k_max))
+        # per-layer slicing (project_out_subspaces) makes the cost ~ the summed active width
+        use_free = d == r and (complement or (complement is None and int(jnp.sum(r - ranks_arr)) < int(jnp.sum(ranks_arr))))
         if use_free and lo < r:
             sides.append(Free(vecs[..., lo:], lo + jnp.arange(r - lo) >= ranks_arr[..., None]))
         elif use_free:  # every direction preserved: nothing may change on this side
@@ -194,14 +196,89 @@ def basis_from_dict(tree: Mapping) -> SubspaceBasis:
 # ----------------------------------------------------------------------------- projection
 
 
-def project_matrix(g: jax.Array, basis: SubspaceBasis | None, form: str = "two_sided") -> jax.Array:
-    """``Π(G)`` of the module docstring for one leaf ``g: [..., d_in, d_out]`` (same shape out)."""
+def project_matrix(
+    g: jax.Array, basis: SubspaceBasis | None, form: str = "two_sided", plan: tuple | None = None
+) -> jax.Array:
+    """``Π(G)`` of the module docstring for one leaf ``g: [..., d_in, d_out]`` (same shape out).
+
+    ``plan`` (``layer_plan(basis)``, static) projects layer by layer through the active columns only.
+    """
     if basis is None or (basis.u is None and basis.v is None):
         return g
+    if plan is not None:
+        return _project_by_layer(g, basis, plan, form)
     fn = functools.partial(_project_2d, form=form)
     for _ in range(g.ndim - 2):
         fn = jax.vmap(fn)
     return fn(g, basis)
+
+
+def _active_range(mask_row: np.ndarray) -> tuple[int, int] | None:
+    """``(start, stop)`` when the active entries of a 1-D 0/1 mask are one contiguous run, else None."""
+    idx = np.flatnonzero(mask_row)
+    if idx.size == 0:
+        return (0, 0)
+    if np.any(mask_row[idx] != 1) or idx[-1] - idx[0] + 1 != idx.size:
+        return None
+    return int(idx[0]), int(idx[-1]) + 1
+
+
+def _side_ranges(side: Side | None, num_layers: int) -> list[tuple[int, int] | None] | None:
+    """Per layer, the static column range of ``side`` that is active, or None (no slicing possible)."""
+    if side is None:
+        return [None] * num_layers
+    width = side.basis.shape[-1]
+    if side.mask is None:
+        return [(0, width)] * num_layers
+    try:
+        mask = np.asarray(side.mask, np.float32).reshape(num_layers, width)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None  # masks only known inside a trace: keep the masked full-width form
+    ranges = [_active_range(row) for row in mask]
+    return None if any(r is None for r in ranges) else ranges
+
+
+def layer_plan(basis: SubspaceBasis | None) -> tuple | None:
+    """Static per-layer column ranges ``((u_range, v_range), ...)`` of a basis with concrete masks.
+
+    A stacked leaf's bases have one width per side for all layers (the widest layer's), with a
+    mask marking each layer's active columns. Given the plan, ``project_matrix`` projects layer
+    by layer through exactly the active columns, so the cost is ``Σ_l`` of the layers' own widths
+    instead of ``L ×`` the widest (OSFT's adaptive ranks differ a lot between layers: on
+    SmolLM2 the first layer preserves ~14% and the others ~80%). None when the basis has more
+    than one leading axis, traced masks, or masks that are not one contiguous run per layer
+    (e.g. fractional weights); the masked full-width form is used then.
+    """
+    if basis is None or (basis.u is None and basis.v is None):
+        return None
+    some = basis.u if basis.u is not None else basis.v
+    lead = some.basis.shape[:-2]
+    if len(lead) > 1:
+        return None
+    num_layers = lead[0] if lead else 1
+    u, v = _side_ranges(basis.u, num_layers), _side_ranges(basis.v, num_layers)
+    if u is None or v is None:
+        return None
+    return tuple(zip(u, v))
+
+
+def _slice_side(side: Side | None, layer: int | None, cols: tuple[int, int] | None) -> Side | None:
+    if side is None:
+        return None
+    q = side.basis if layer is None else side.basis[layer]
+    start, stop = cols  # an empty range is a zero-width basis: Preserve → identity, Free → zero projector
+    return type(side)(q[:, start:stop], None)
+
+
+def _project_by_layer(g: jax.Array, basis: SubspaceBasis, plan: tuple, form: str) -> jax.Array:
+    """``Π(G)`` layer by layer through each layer's active columns only (``layer_plan``)."""
+    if g.ndim == 2:
+        (u_cols, v_cols), = plan
+        return _project_2d(g, SubspaceBasis(_slice_side(basis.u, None, u_cols), _slice_side(basis.v, None, v_cols)), form)
+    return jnp.stack([
+        _project_2d(g[l], SubspaceBasis(_slice_side(basis.u, l, u_cols), _slice_side(basis.v, l, v_cols)), form)
+        for l, (u_cols, v_cols) in enumerate(plan)
+    ])
 
 
 def _weights(mask: jax.Array | None) -> jax.Array | float:
@@ -289,6 +366,7 @@ def project_out_subspaces(
     if form not in FORMS:
         raise ValueError(f"unknown projection form {form!r}; expected one of {FORMS}")
     bases = dict(bases)
+    plans = {path: layer_plan(basis) for path, basis in bases.items()}  # static, from the concrete masks
 
     def init(params):
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -307,7 +385,10 @@ def project_out_subspaces(
 
     def update(updates, state, params=None):
         del params
-        return jax.tree.map(lambda g, b: project_matrix(g, b, form), updates, state.bases), state
+        flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        flat_bases = treedef.flatten_up_to(state.bases)
+        out = [project_matrix(g, b, form, plans.get(path_of(kp))) for (kp, g), b in zip(flat, flat_bases)]
+        return jax.tree_util.tree_unflatten(treedef, out), state
 
     return optax.GradientTransformation(init, update)
 

@@ -14,7 +14,6 @@ A method may carry hyper-parameter overrides, ``name:key=value:key=value`` (Pyth
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import platform
 import statistics
@@ -28,14 +27,10 @@ FULL_METHODS = {"seqft", "osft"}
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """``"osft:project_gradients=False"`` -> ``("osft", {"project_gradients": False})``."""
+    from jaxcl.methods import parse_hyperparams
+
     name, *overrides = spec.split(":")
-    kwargs = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"bad override {item!r} in {spec!r}; expected key=value")
-        kwargs[key] = ast.literal_eval(value)
-    return name, kwargs
+    return name, parse_hyperparams(overrides)
 
 
 def main():

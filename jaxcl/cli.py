@@ -13,6 +13,7 @@ import sys
 def _cmd_run(args: argparse.Namespace) -> int:
     from jaxcl.engine import RunConfig, run_experiment
     from jaxcl.engine.outputs import markdown_matrix
+    from jaxcl.methods import parse_hyperparams
 
     config = RunConfig(
         method=args.method, benchmark=args.benchmark, order=args.order,
@@ -20,6 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         preset=args.preset, max_train=args.max_train, max_test=args.max_test, max_length=args.max_length,
         batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.lr, seed=args.seed,
         compute_dtype=args.dtype, with_task_prefix=not args.no_task_prefix,
+        method_kwargs=tuple(sorted(parse_hyperparams(args.set).items())),
     )
     result = run_experiment(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(markdown_matrix(result.task_names, result.R, result.metrics["summary"], config.method))
@@ -77,6 +79,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method hyper-parameter (repeatable), e.g. --set lam1=0.1 --set rank_rule=\"'fixed'\"")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--no-task-prefix", action="store_true", help="drop the Task:/Dataset: lines (no task identity)")

@@ -77,6 +77,18 @@ def test_unknown_method_and_task(model, tmp_path):
         run_experiment(tiny_config(method="nope"), tmp_path / "a", progress=False, model=model)
     with pytest.raises(ValueError, match="nosuchtask"):
         run_experiment(tiny_config(tasks=("nosuchtask",)), tmp_path / "b", progress=False, model=model)
+    with pytest.raises(ValueError, match=r"method 'olora': bad hyper-parameters \['lamda'\]"):
+        run_experiment(tiny_config(method_kwargs=(("lamda", 0.1),)), tmp_path / "c", progress=False, model=model)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # failed before writing
+
+
+def test_cli_hyperparameters_are_python_literals():
+    from jaxcl.methods import parse_hyperparams
+
+    assert parse_hyperparams(["lam1=0.1", "project_gradients=False", "rank_rule=fixed", "targets=('q_proj',)"]) == {
+        "lam1": 0.1, "project_gradients": False, "rank_rule": "fixed", "targets": ("q_proj",)}
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_hyperparams(["lam1"])
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(model, tmp_path):

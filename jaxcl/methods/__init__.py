@@ -5,8 +5,9 @@ Each preset module calls ``register(name, description)`` on a factory ``(**hyper
 
 from __future__ import annotations
 
+import ast
 import importlib
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 from jaxcl.core import Method
 
@@ -63,5 +64,26 @@ def get_method(name: str, **hyperparams) -> Method:
     _load()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
-    method = _REGISTRY[name][0](**hyperparams)
+    try:
+        method = _REGISTRY[name][0](**hyperparams)
+    except TypeError as e:  # an unknown or missing keyword
+        raise ValueError(f"method {name!r}: bad hyper-parameters {sorted(hyperparams)}: {e}") from e
     return method._replace(name=name)
+
+
+def parse_hyperparams(items: Iterable[str]) -> dict[str, Any]:
+    """``["lam=0.1", "rank_rule='fixed'", "targets=q_proj"]`` -> ``{"lam": 0.1, ...}``.
+
+    Values are Python literals (numbers, True/False/None, tuples, quoted strings); anything
+    else is kept as a plain string. Raises ValueError for an item without ``=``.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad hyper-parameter {item!r}; expected key=value")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out

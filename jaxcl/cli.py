@@ -69,7 +69,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated task names instead of a benchmark order")
     p.add_argument("--model", default="smollm2-135m", help="embedded name, HF folder or .gguf file")
     p.add_argument("--data-dir", default=None, help="a CL_Benchmark folder (default: $JAXCL_DATA_DIR or the embedded subset)")
-    p.add_argument("--preset", default="quick", help="quick (2-core CPU, ~15 min) or paper")
+    p.add_argument("--preset", default="quick", help="quick (2-core CPU, ~15 min), quick-long (the 15-task orders on a CPU) or paper")
     p.add_argument("--out", default=None, help="run directory (default runs/<method>_<benchmark>...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")

@@ -220,7 +220,9 @@ def rotate(u: jax.Array, v: jax.Array, w: jax.Array, side: str = "in") -> jax.Ar
 
     side="in": ``exp(S) @ W`` (``u, v: [..., d_in, r]``; rotates the input features);
     side="out": ``W @ exp(S)ᵀ`` (``u, v: [..., d_out, r]``). Through ``kernels.apply_skew_lowrank_expm``
-    (a 4r×4r expm, O(n·r·m)); float32 math, result in ``w.dtype``.
+    (a 2r×2r φ1 by scaling and squaring, O(n·r·m)); float32 math, result in ``w.dtype``. Matmuls
+    only, no LAPACK custom call: jaxlib 0.10.2's batched LAPACK kernels deadlocked the CPU train step
+    when two targets' rotations ran at once (``experiments/repro_oliera_rot_hang.py``).
     """
     if side not in _SIDES:
         raise ValueError(f"rotation side must be 'in' or 'out', got {side!r}")

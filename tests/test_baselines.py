@@ -63,7 +63,7 @@ def test_hyperparameter_overrides_and_recommended_lr():
     assert recommended_learning_rate("seqft", 0) == 1e-3 and recommended_learning_rate("seqft", 3) == 1e-4
     assert set(PRESETS) <= set(RECOMMENDED_LR)
     assert recommended_learning_rate("nope") is None
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="lamda"):
         get_method("olora", lamda=1.0)  # a misspelt hyper-parameter is an error, not ignored
 
 

@@ -1,7 +1,8 @@
-"""Benchmark OSFT's two step forms and its per-task SVD at SmolLM2-135M shapes (not a test).
+"""Benchmark OSFT's two step forms and its per-task SVD at SmolLM2-135M and larger LLaMA shapes (not a test).
 
-The 7 target modules of ``--layers`` stacked layers (q, o: 576×576; k, v: 576×192; gate, up:
-576×1536; down: 1536×576; weights ``[L, d_in, d_out]``), ``k = floor(ratio · min(d_in, d_out))``
+The 7 target modules of ``--layers`` stacked layers of ``--shapes`` (SmolLM2-135M: q, o: 576×576;
+k, v: 576×192; gate, up: 576×1536; down: 1536×576; TinyLlama-1.1B: d 2048, kv 256, ff 5632;
+LLaMA-2-7B: d 4096, kv 4096, ff 11008; weights ``[L, d_in, d_out]``), ``k = floor(ratio · min(d_in, d_out))``
 preserved directions per matrix (``--ratio 0.8`` = trr, the mean ρ of the adaptive rule). One
 step = forward of ``y = x W`` on ``--tokens`` tokens per layer, the loss ``mean‖y − t‖²`` summed
 over modules, gradients w.r.t. the weights AND ``x`` (a linear inside a network must return
@@ -27,7 +28,8 @@ SVD: the thin fp32 SVD of all 7 stacked leaves that ``begin_task`` runs once per
 ``--svd-layers n`` timed on the first n layers and scaled by ``L / n`` (per-layer SVDs are
 independent).
 
-    python3 -m experiments.bench_osft [--layers 30] [--tokens 512] [--ratio 0.8] [--runs 5] [--warmup 1]
+    python3 -m experiments.bench_osft [--shapes smollm2-135m|tinyllama-1.1b|llama2-7b] [--layers 30]
+        [--tokens 512] [--ratio 0.8] [--runs 5] [--warmup 1] [--out experiments/results/bench_osft.md]
 
 Prints a Markdown table; ratios are against full-FT measured in the same run, the variants
 taking turns step by step (median of ``--runs`` rounds after ``--warmup``).
@@ -46,8 +48,17 @@ import optax
 
 from jaxcl.optim import SubspaceBasis, project_optimizer, svd_bases
 
-MODULES = {"q": (576, 576), "k": (576, 192), "v": (576, 192), "o": (576, 576),
-           "gate": (576, 1536), "up": (576, 1536), "down": (1536, 576)}
+
+
+def llama_modules(d_model: int, d_kv: int, d_ff: int) -> dict[str, tuple[int, int]]:
+    """The 7 target weights ``[d_in, d_out]`` of one LLaMA layer."""
+    return {"q": (d_model, d_model), "k": (d_model, d_kv), "v": (d_model, d_kv), "o": (d_model, d_model),
+            "gate": (d_model, d_ff), "up": (d_model, d_ff), "down": (d_ff, d_model)}
+
+
+SHAPES = {"smollm2-135m": llama_modules(576, 192, 1536),       # 30 layers
+          "tinyllama-1.1b": llama_modules(2048, 256, 5632),    # 22 layers
+          "llama2-7b": llama_modules(4096, 4096, 11008)}       # 32 layers
 
 
 def _dense_loss(weights, xs, targets):
@@ -99,6 +110,8 @@ def _floats(tree) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="smollm2-135m", choices=sorted(SHAPES),
+                        help="the layer shapes (larger models: use --layers 1 or 2 to fit in memory)")
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--tokens", type=int, default=512, help="tokens per layer per step")
     parser.add_argument("--ratio", type=float, default=0.8, help="preserved fraction of min(d_in, d_out)")
@@ -107,8 +120,10 @@ def main() -> None:
     parser.add_argument("--svd-runs", type=int, default=3)
     parser.add_argument("--svd-layers", type=int, default=None,
                         help="time the SVD on this many layers and scale linearly to L (default: all L)")
+    parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = parser.parse_args()
     L, N = args.layers, args.tokens
+    MODULES = SHAPES[args.shapes]
     keys = iter(jax.random.split(jax.random.key(0), 3 * len(MODULES)))
     weights = {m: 0.02 * jax.random.normal(next(keys), (L, d_in, d_out)) for m, (d_in, d_out) in MODULES.items()}
     xs = {m: jax.random.normal(next(keys), (L, N, d_in)) for m, (d_in, _) in MODULES.items()}
@@ -116,9 +131,11 @@ def main() -> None:
     ranks = {m: math.floor(args.ratio * min(shape)) for m, shape in MODULES.items()}
     adamw = optax.adamw(1e-4, weight_decay=0.01)
     device = jax.devices()[0]
-    print(f"jax {jax.__version__} on {device.device_kind} ({jax.default_backend()}); L={L}, {N} tokens/layer, "
+    header = (f"jax {jax.__version__} on {device.device_kind} ({jax.default_backend()}); {args.shapes} shapes, "
+              f"L={L}, {N} tokens/layer, "
           f"preserved k = floor({args.ratio}·min(d_in, d_out)); median of {args.runs} interleaved rounds after "
-          f"{args.warmup} warm-up\n", flush=True)
+          f"{args.warmup} warm-up")
+    print(header + "\n", flush=True)
 
     # ---- per-task SVD (what begin_task runs) on svd_layers layers, scaled to L; the first run compiles
     svd_layers = min(args.svd_layers or L, L)
@@ -160,12 +177,16 @@ def main() -> None:
     rows = [(name, t, n_train, n_state) for (name, n_train, n_state), t in zip(sizes, medians)]
     t_ref = rows[0][1]
 
-    print("| variant | step (ms) | step / full-FT | trained floats | optimizer-state floats |")
-    print("|---|---:|---:|---:|---:|")
+    lines = ["| variant | step (ms) | step / full-FT | trained floats | optimizer-state floats |",
+             "|---|---:|---:|---:|---:|"]
     for name, t, n_train, n_state in rows:
-        print(f"| {name} | {1e3 * t:.1f} | {t / t_ref:.2f}× | {n_train / 1e6:.1f} M | {n_state / 1e6:.1f} M |")
+        lines.append(f"| {name} | {1e3 * t:.1f} | {t / t_ref:.2f}× | {n_train / 1e6:.1f} M | {n_state / 1e6:.1f} M |")
     scaled = "" if svd_layers == L else f", timed on {svd_layers} layers × {L / svd_layers:g}"
-    print(f"| SVD per task (thin fp32, 7 leaves × L={L}{scaled}) | {1e3 * svd_s:.0f} | {svd_s / t_ref:.1f}× | | |")
+    lines.append(f"| SVD per task (thin fp32, 7 leaves × L={L}{scaled}) | {1e3 * svd_s:.0f} | {svd_s / t_ref:.1f}× | | |")
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "a") as f:  # several shape sets append to one file
+            f.write(f"{header}\n\n" + "\n".join(lines) + "\n\n")
 
 
 if __name__ == "__main__":

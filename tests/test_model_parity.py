@@ -61,3 +61,48 @@ def test_kv_cache_generation_equals_no_cache(tmp_path):
     # a left-padded row generates what it generates alone
     alone = np.asarray(m.generate_tokens(np.array([prompts[1]], np.int32), np.ones((1, 2), np.int32), 12))
     np.testing.assert_array_equal(cached[1], alone[0])
+
+
+def test_causal_block_attention_equals_full_attention():
+    """Query blocks against their key prefix only (``causal_attention``) give ``attention``'s rows,
+    with and without a key offset (a prefill into a longer cache), for every real query row."""
+    rng = np.random.default_rng(0)
+    B, T, H, K, E, extra = 2, 11, 4, 2, 8, 3
+    q = rng.normal(size=(B, T, H, E)).astype(np.float32)
+    k = rng.normal(size=(B, T + extra, K, E)).astype(np.float32)
+    v = rng.normal(size=(B, T + extra, K, E)).astype(np.float32)
+    key_mask = np.ones((B, T + extra), bool)
+    key_mask[1, :4] = False  # left padding of row 1
+    key_mask[:, T:] = False  # cache columns not written yet
+    allowed = np.tril(np.ones((T, T + extra), bool))[None] & key_mask[:, None, :]
+    full = np.asarray(llama.attention(q, k, v, allowed))
+    for block in (1, 4, 5, 11, 128):
+        got = np.asarray(llama.causal_attention(q, k, v, allowed, block=block))
+        np.testing.assert_allclose(got[0], full[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1, 4:], full[1, 4:], rtol=1e-5, atol=1e-6)
+    # queries that start at key 3 (key_offset): query i sees keys [0, 3 + i]
+    allowed_off = np.tril(np.ones((T, T + extra), bool), k=3)[None] & np.ones((B, 1, T + extra), bool)
+    full_off = np.asarray(llama.attention(q, k, v, allowed_off))
+    got_off = np.asarray(llama.causal_attention(q, k, v, allowed_off, key_offset=3, block=4))
+    np.testing.assert_allclose(got_off, full_off, rtol=1e-5, atol=1e-6)
+
+
+def test_small_attention_blocks_match_transformers(tmp_path, monkeypatch):
+    """The model with 4-token query blocks (T = 11: blocks 4, 4, 3) against transformers, and its
+    cached generation (a blocked prefill) against the no-cache decoder."""
+    hf = tiny_hf_llama(tmp_path, heads=4, kv_heads=2, seed=5)
+    m = jaxcl.load_pretrained(tmp_path)
+    monkeypatch.setattr(llama, "ATTENTION_BLOCK", 4)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(3, 97, size=(2, 11)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask),
+                 position_ids=torch.tensor(_positions(mask), dtype=torch.long)).logits.numpy()
+    got = np.asarray(llama.apply(m.config, m.params, tokens, mask))  # eager: traced with the small block
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], ref[real], rtol=1e-4, atol=1e-4 * np.abs(ref[real]).max())
+    cached = np.asarray(llama.generate(m.config, m.params, tokens, mask, 6))
+    plain = np.asarray(llama.generate_no_cache(m.config, m.params, tokens, mask, 6))
+    np.testing.assert_array_equal(cached, plain)

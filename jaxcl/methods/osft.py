@@ -11,12 +11,24 @@ osft   full_finetune(q,k,v,o,gate,up,down) + osft_projection(adaptive, mrr 0.1, 
 Dense weights with a projected update (spec §2.2 variant W), not the factorised
 ``U_low Σ_low V_lowᵀ`` reparametrisation of the released codes (variant F): variant W is the
 one the ``full_finetune`` engine path trains and keeps the constraint exact for any optax
-optimizer (AdamW and its weight decay included). ``experiments/bench_osft.py`` measures both at
-SmolLM2-135M shapes (CPU, L = 30, 512 tokens per layer, ρ = 0.8; step time / full-FT step):
-two-sided projection 1.64×; factorised through a dense ``W_high + U_low diag(s) V_lowᵀ`` (the
-only way ``jaxcl.models.llama``, which multiplies dense weights, could run it) 1.67×; factorised
-with a thin low-rank forward (mini_trainer) 1.25×, which would need a low-rank matmul path in
-the model. So variant F is not shipped.
+optimizer (AdamW and its weight decay included). ``experiments/bench_osft.py`` measures both on
+the 7 target matrices alone (``experiments/results/bench_osft.md``; CPU, 512 tokens per layer,
+ρ = 0.8; step / full-FT step):
+
+==================================  ==================  ==========================
+form                                SmolLM2-135M, L=30  TinyLlama-1.1B, one layer
+==================================  ==================  ==========================
+two-sided projection (this)         1.63×               2.67×
+  final update only                 1.37×               1.85×
+factorised, dense W rebuilt (PEFT)  1.54×               2.71×
+factorised, thin low-rank forward   1.43×               1.77×
+==================================  ==================  ==========================
+
+Variant F is cheaper (and holds half the optimizer state) only with a thin low-rank forward
+``x W_high + ((x U_low) ⊙ s) V_lowᵀ``, which ``jaxcl.models.llama`` (dense weights) does not
+have; through a rebuilt dense weight, the only way a ``delta`` part can run it, it is not
+cheaper. So variant F is not shipped yet. In the whole model step the projection weighs less
+(adaptive ranks, 8 × 128 tokens: ``osft`` 1.19× ``seqft`` in ``bench_methods.md``).
 
 Learning rate: ``RECOMMENDED_LR["osft"] = (1e-5, 1e-5)``, the released scripts' AdamW rate (T5
 ``finetune_svd.py`` and LLaMA-2 ``test2.py``, wd 0.01 for LLaMA; spec §6; a secondary summary

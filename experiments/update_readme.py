@@ -8,7 +8,8 @@ README.md marks each copied block::
 
     python experiments/update_readme.py [--check]
 
-``--check`` changes nothing and exits 1 when a block differs from its file (tests run it).
+Markdown headings of an included file are nested two levels deeper (``# T`` → ``### T``), under the
+README section that includes it. ``--check`` changes nothing and exits 1 when a block differs from its file (tests run it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def render(readme: str) -> str:
         path = ROOT / m.group("path")
         if not path.is_file():
             raise FileNotFoundError(f"README includes {m.group('path')}, which does not exist")
-        body = path.read_text()
+        body = re.sub(r"^(#+) ", r"##\1 ", path.read_text(), flags=re.M)
         return m.group(1) + body + ("" if body.endswith("\n") else "\n") + m.group(4)
 
     return BLOCK.sub(fill, readme)

@@ -233,10 +233,10 @@ def decoder_layer(
         else:
             k_BSKE, v_BSKE = k_BTKE, v_BTKE
         if kv_cache is None or isinstance(cache_index, int):  # no cache, or a prefill at a static index
-            out_BTF = causal_attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS, key_offset=cache_index or 0)
+            attended = causal_attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS, key_offset=cache_index or 0)
         else:  # a decoding step: T is 1
-            out_BTF = attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS)
-        x_BTD = x_BTD + out_BTF @ layer["o_proj"]
+            attended = attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS)
+        x_BTD = x_BTD + attended @ layer["o_proj"]  # heads flattened: [B, T, H·E]
     with jax.named_scope("mlp"):
         x_BTD = x_BTD + mlp(rms_norm(x_BTD, layer["post_attention_layernorm"], config.rms_norm_eps), layer)
     return x_BTD, kv_cache

@@ -41,7 +41,7 @@ peak FLOP/s in ``PEAK_TFLOPS``, dense TF32).
 Usage:
 
     python experiments/bench_vs_torch.py       # the full measurement, writes results/bench_vs_torch.md
-                                               # (about 70 min on one busy core of a 2-core EPYC)
+                                               # (42 min on one core of a 2-core EPYC, the other busy)
     taskset -c 0 python experiments/bench_vs_torch.py --quick   # smoke run: shape 2x32, 2 timed calls,
                                                # 16 e2e examples, prints only (about 7 min on one core)
     python experiments/bench_vs_torch.py --parts verify,train --methods lora --shapes 8x128

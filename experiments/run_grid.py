@@ -1,7 +1,9 @@
 """Run the accuracy grid of the papers' comparison (issue 6) in resumable pieces.
 
 Each cell (method, order, seed) is one `jaxcl run` in `experiments/runs/<method>_o<order>_s<seed>`;
-a finished cell is skipped, an interrupted one resumes from its checkpoints. After each cell its
+a finished cell is skipped, an interrupted one resumes from its checkpoints, and a cell that another
+live process is running (``runs/…/<cell>.lock`` names that pid) is left to it, so several grid processes
+(one per core: ``taskset -c 0 …`` and ``taskset -c 1 …``) can share one method list. After each cell its
 `metrics.json` is copied to `experiments/results/<benchmark>/<cell>.json` (small, committed).
 Regenerate tables/plots with `python experiments/make_tables.py`.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +31,25 @@ HERE = Path(__file__).resolve().parent
 #  - osft: the released scripts' 1e-5 barely moves the weights in 25 steps; 1e-4 is SeqFT's rate
 #    after task 1 (its plain counterpart), so the two differ only by the projection.
 CPU_PRESET_LR = {"oliera": 1e-2, "osft": 1e-4}
+
+
+def claim(lock: Path) -> bool:
+    """Take a cell's lock file (it holds the pid) for this process; False if a live process holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        holder = int(lock.read_text())
+    except (FileNotFoundError, ValueError):
+        holder = None
+    if holder is not None and holder != os.getpid():
+        try:
+            os.kill(holder, 0)
+            return False  # alive: its cell
+        except ProcessLookupError:
+            pass  # stale lock of a process that ended
+        except PermissionError:
+            return False
+    lock.write_text(str(os.getpid()))
+    return True
 
 
 def main():
@@ -57,6 +79,9 @@ def main():
                     return
                 model = model or jaxcl.load_pretrained("smollm2-135m")
                 run_dir = HERE / "runs" / args.benchmark / args.preset / cell
+                if not claim(run_dir.with_name(f"{cell}.lock")):
+                    print(f"{cell}: another grid process is running it; skipped", flush=True)
+                    continue
                 lr = CPU_PRESET_LR.get(method) if args.preset.startswith("quick") else None
                 config = RunConfig(method=method, benchmark=args.benchmark, order=order, seed=seed,
                                    preset=args.preset, data_dir=args.data_dir, learning_rate=lr)

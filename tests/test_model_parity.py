@@ -106,3 +106,43 @@ def test_small_attention_blocks_match_transformers(tmp_path, monkeypatch):
     cached = np.asarray(llama.generate(m.config, m.params, tokens, mask, 6))
     plain = np.asarray(llama.generate_no_cache(m.config, m.params, tokens, mask, 6))
     np.testing.assert_array_equal(cached, plain)
+
+
+def _low_rank_split(w, c):
+    """``LowRank`` whose dense form is ``w``: the bottom ``c`` singular triplets form (u, s, v)."""
+    u, s, vt = np.linalg.svd(np.asarray(w, np.float64), full_matrices=False)
+    u_low, s_low, v_low = u[..., -c:], s[..., -c:], np.swapaxes(vt, -1, -2)[..., -c:]
+    high = w - np.einsum("...ic,...c,...oc->...io", u_low, s_low, v_low)
+    f32 = lambda a: np.asarray(a, np.float32)
+    return llama.LowRank(f32(high), f32(u_low), f32(s_low), f32(v_low))
+
+
+def test_low_rank_weights_run_as_their_dense_form(tmp_path):
+    """A ``LowRank`` leaf (thin path ``x @ high + ((x @ u) ⊙ s) @ vᵀ``) gives the logits, the factor
+    gradients and the greedy tokens of its dense form ``high + u diag(s) vᵀ``."""
+    import jax
+
+    tiny_hf_llama(tmp_path, heads=4, kv_heads=2, seed=7)
+    m = jaxcl.load_pretrained(tmp_path)
+    layers = m.params["layers"]
+    factored = {**m.params, "layers": {**layers, "q_proj": _low_rank_split(layers["q_proj"], 3),
+                                       "down_proj": _low_rank_split(layers["down_proj"], 2)}}
+    dense = {**m.params, "layers": {**layers, **{k: factored["layers"][k].dense() for k in ("q_proj", "down_proj")}}}
+    tokens = np.random.default_rng(2).integers(3, 97, size=(2, 9)).astype(np.int32)
+    want = np.asarray(llama.apply(m.config, m.params, tokens))
+    np.testing.assert_allclose(np.asarray(llama.apply(m.config, factored, tokens)), want, rtol=1e-4, atol=1e-4)
+
+    def loss(factors, through_dense):
+        w = llama.LowRank(*factors)
+        p = {**m.params, "layers": {**layers, "q_proj": w.dense() if through_dense else w}}
+        return (llama.apply(m.config, p, tokens)[:, -1] ** 2).mean()
+
+    factors = tuple(factored["layers"]["q_proj"])
+    g_thin = jax.grad(loss)(factors, False)
+    g_dense = jax.grad(loss)(factors, True)
+    for a, b in zip(g_thin, g_dense):
+        scale = np.abs(np.asarray(b)).max()
+        assert scale > 0
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_array_equal(np.asarray(llama.generate(m.config, factored, tokens, np.ones_like(tokens), 5)),
+                                  np.asarray(llama.generate(m.config, dense, tokens, np.ones_like(tokens), 5)))

@@ -23,7 +23,8 @@ per-layer weights are stacked on a leading ``L`` axis and the layers run under `
     }
 
 Leaf names follow the Hugging Face module names, so adapters target modules by path
-("layers/q_proj"). The model never changes: CL methods transform this pytree.
+("layers/q_proj"). The model never changes: CL methods transform this pytree. A linear weight
+may also be a ``LowRank(high, u, s, v)`` (``W = high + u diag(s) vᵀ``, run without forming W).
 
 Math per layer (pre-norm):
     h = x + o_proj(attn(rope(q_proj(n1(x))), rope(k_proj(n1(x))), v_proj(n1(x))))
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +145,32 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- blocks
 
 
+class LowRank(NamedTuple):
+    """A linear weight in factorised form, ``W = high + u diag(s) vᵀ``, applied without forming W.
+
+    ``high: [..., d_in, d_out]``, ``u: [..., d_in, c]``, ``s: [..., c]``, ``v: [..., d_out, c]``
+    (leading axes: the stacked layers). ``linear`` computes ``x @ high + ((x @ u) ⊙ s) @ vᵀ``:
+    2·N·c·(d_in + d_out) FLOPs for the low part on N tokens, instead of d_in·d_out·c to rebuild W
+    every step (the thin path of OSFT's factorised form, ``experiments/bench_osft.py``).
+    """
+
+    high: jax.Array
+    u: jax.Array
+    s: jax.Array
+    v: jax.Array
+
+    def dense(self) -> jax.Array:
+        """``high + u diag(s) vᵀ``: ``[..., d_in, d_out]``."""
+        return self.high + (self.u * self.s[..., None, :]) @ jnp.swapaxes(self.v, -1, -2)
+
+
+def linear(x_BTI: jax.Array, w: jax.Array | LowRank) -> jax.Array:
+    """``x @ W`` for a dense ``W: [I, O]`` or a ``LowRank`` one (thin low-rank path)."""
+    if isinstance(w, LowRank):
+        return x_BTI @ w.high + ((x_BTI @ w.u) * w.s) @ jnp.swapaxes(w.v, -1, -2)
+    return x_BTI @ w
+
+
 def rms_norm(x_BTD: jax.Array, w_D: jax.Array, eps: float) -> jax.Array:
     """w * x / sqrt(mean(x², -1) + eps), computed in float32, returned in x's dtype."""
     x32 = x_BTD.astype(jnp.float32)
@@ -204,7 +231,7 @@ def causal_attention(
 
 def mlp(x_BTD: jax.Array, layer: Params) -> jax.Array:
     """SwiGLU: down(silu(x @ gate) * (x @ up))."""
-    return (jax.nn.silu(x_BTD @ layer["gate_proj"]) * (x_BTD @ layer["up_proj"])) @ layer["down_proj"]
+    return linear(jax.nn.silu(linear(x_BTD, layer["gate_proj"])) * linear(x_BTD, layer["up_proj"]), layer["down_proj"])
 
 
 def decoder_layer(
@@ -222,9 +249,9 @@ def decoder_layer(
     H, K, E = config.num_heads, config.num_kv_heads, config.head_dim
     with jax.named_scope("attention"):
         h_BTD = rms_norm(x_BTD, layer["input_layernorm"], config.rms_norm_eps)
-        q_BTHE = rope((h_BTD @ layer["q_proj"]).reshape(B, T, H, E), positions_BT, config.rope_theta)
-        k_BTKE = rope((h_BTD @ layer["k_proj"]).reshape(B, T, K, E), positions_BT, config.rope_theta)
-        v_BTKE = (h_BTD @ layer["v_proj"]).reshape(B, T, K, E)
+        q_BTHE = rope(linear(h_BTD, layer["q_proj"]).reshape(B, T, H, E), positions_BT, config.rope_theta)
+        k_BTKE = rope(linear(h_BTD, layer["k_proj"]).reshape(B, T, K, E), positions_BT, config.rope_theta)
+        v_BTKE = linear(h_BTD, layer["v_proj"]).reshape(B, T, K, E)
         if kv_cache is not None:
             k_cache, v_cache = kv_cache
             k_BSKE = jax.lax.dynamic_update_slice(k_cache, k_BTKE.astype(k_cache.dtype), (0, cache_index, 0, 0))
@@ -236,7 +263,7 @@ def decoder_layer(
             attended = causal_attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS, key_offset=cache_index or 0)
         else:  # a decoding step: T is 1
             attended = attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS)
-        x_BTD = x_BTD + attended @ layer["o_proj"]  # heads flattened: [B, T, H·E]
+        x_BTD = x_BTD + linear(attended, layer["o_proj"])  # heads flattened: [B, T, H·E]
     with jax.named_scope("mlp"):
         x_BTD = x_BTD + mlp(rms_norm(x_BTD, layer["post_attention_layernorm"], config.rms_norm_eps), layer)
     return x_BTD, kv_cache

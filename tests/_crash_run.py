@@ -1,5 +1,9 @@
-"""Run a tiny CL run and SIGKILL this process at a given (task, step): the resume test's victim."""
+"""Run a tiny CL run and SIGKILL this process at a given (task, step): the resume tests' victim.
 
+    python -m tests._crash_run RUN_DIR TASK STEP ['{"method": "osft", ...}']   (RunConfig overrides, JSON)
+"""
+
+import json
 import os
 import signal
 import sys
@@ -9,6 +13,9 @@ from jaxcl.engine import run_experiment
 from tests.engine_helpers import tiny_config, tiny_model
 
 run_dir, crash_task, crash_step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+overrides = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+if "method_kwargs" in overrides:
+    overrides["method_kwargs"] = tuple(sorted(overrides["method_kwargs"].items()))
 make = runner.make_train_step
 
 
@@ -27,4 +34,4 @@ def make_and_crash(*a, **k):
 
 runner_task = [0]
 runner.make_train_step = make_and_crash
-run_experiment(tiny_config(), run_dir, resume=True, progress=False, model=tiny_model())
+run_experiment(tiny_config(**overrides), run_dir, resume=True, progress=False, model=tiny_model())

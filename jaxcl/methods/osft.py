@@ -44,18 +44,24 @@ from typing import Iterable
 from jaxcl.core import ALL_LINEAR_TARGETS, Method, compose
 from jaxcl.methods import RECOMMENDED_LR, register
 from jaxcl.parts.adapters import full_finetune
-from jaxcl.parts.osft import osft_projection
+from jaxcl.parts.osft import osft_factorised, osft_projection
 
 RECOMMENDED_LR["osft"] = (1e-5, 1e-5)
 
 
 @register("osft", "Sculpting Subspaces / OSFT: full FT of all linear weights, updates orthogonal to their top "
                   "singular subspaces (adaptive ranks, mrr 0.1, trr 0.8)")
-def osft(*, targets: str | Iterable[str] = ALL_LINEAR_TARGETS, **options) -> Method:
+def osft(*, targets: str | Iterable[str] = ALL_LINEAR_TARGETS, factorised: bool = False, **options) -> Method:
     """OSFT: ``compose(full_finetune(targets), osft_projection(targets, **options))``.
+
+    ``factorised=True`` (CLI ``--set factorised=True``): ``compose(osft_factorised(targets,
+    **options))`` instead, the released codes' trainable ``U_low, s_low, V_low`` with a thin
+    low-rank forward (no ``form`` option there).
 
     ``options`` are ``jaxcl.parts.osft.osft_projection``'s: ``rank_rule`` ("adaptive", "fixed",
     "progressive"), ``mrr`` (0.1), ``trr`` (0.8), ``ratio``, ``preserve_pretrained`` (False),
     ``form`` ("two_sided" | "high_high"), ``project_gradients`` (True), ``importance_batches`` (5).
     """
+    if factorised:
+        return compose(osft_factorised(targets=targets, **options), name="osft")
     return compose(full_finetune(targets), osft_projection(targets=targets, **options), name="osft")

@@ -1,7 +1,7 @@
 """optax ``GradientTransformation``s of the CL methods, usable on their own in any optax loop.
 
 - :mod:`jaxcl.optim.subspace`: keep updates out of preserved subspaces (Sculpting Subspaces /
-  OSFT): ``svd_bases``, ``project_out_subspaces``, ``project_optimizer``; per-side bases
+  OSFT): ``stacked_svd``, ``svd_bases``, ``project_out_subspaces``, ``project_optimizer``; per-side bases
   ``Preserve`` / ``Free`` in a ``SubspaceBasis``.
 """
 
@@ -18,6 +18,7 @@ from jaxcl.optim.subspace import (
     project_matrix,
     project_optimizer,
     project_out_subspaces,
+    stacked_svd,
     svd_bases,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "project_matrix",
     "project_optimizer",
     "project_out_subspaces",
+    "stacked_svd",
     "svd_bases",
 ]

@@ -113,7 +113,8 @@ class SubspaceProjectionState(NamedTuple):
 
 
 def svd_bases(
-    w: jax.Array, ranks: int | jax.Array, k_max: int | None = None, complement: bool | None = None
+    w: jax.Array, ranks: int | jax.Array, k_max: int | None = None, complement: bool | None = None,
+    usv: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> SubspaceBasis:
     """A ``SubspaceBasis`` preserving the top ``ranks`` singular pairs of ``w: [..., d_in, d_out]``.
 
@@ -130,6 +131,8 @@ def svd_bases(
       k_max: ``Preserve`` columns (static); default ``max(ranks)`` (at least 1).
       complement: True: ``Free`` wherever ``d == r``; False: ``Preserve`` sides only (the
         preserved ``U_k``, ``V_k`` themselves); None: the narrower one per side.
+      usv: ``stacked_svd(w)`` when the caller has it already (OSFT's factorised form needs the
+        singular values too); computed here otherwise.
 
     Returns:
       The basis, float32 columns and bool masks.
@@ -149,7 +152,7 @@ def svd_bases(
     k_max = max(hi, 1) if k_max is None else int(k_max)
     if not hi <= k_max <= r or k_max < 1:
         raise ValueError(f"k_max={k_max} must lie in [max(ranks)={hi}, {r}] (and be ≥ 1)")
-    u, v = _singular_vectors(w)
+    u, _, v = stacked_svd(w) if usv is None else usv
     sides = []
     for vecs, d in ((u, d_in), (v, d_out)):
         # per-layer slicing (project_out_subspaces) makes the cost ~ the summed active width
@@ -164,13 +167,17 @@ def svd_bases(
 
 
 @jax.jit
-def _singular_vectors(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``U: [..., d_in, r]`` and ``V: [..., d_out, r]`` of the thin fp32 SVD of ``w``."""
+def stacked_svd(w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Thin fp32 SVD of every matrix of ``w: [..., d_in, d_out]``, ``w = U diag(S) Vᵀ``.
+
+    Returns ``U: [..., d_in, r]``, ``S: [..., r]`` (descending), ``V: [..., d_out, r]`` with
+    ``r = min(d_in, d_out)`` (``kernels.thin_svd`` vmapped over the leading axes).
+    """
     svd = thin_svd
     for _ in range(w.ndim - 2):
         svd = jax.vmap(svd)
-    u, _, vt = svd(w)
-    return u, jnp.swapaxes(vt, -1, -2)
+    u, s, vt = svd(w)
+    return u, s, jnp.swapaxes(vt, -1, -2)
 
 
 def basis_as_dict(basis: SubspaceBasis) -> dict:

@@ -68,15 +68,16 @@ trains them).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcl.core import ALL_LINEAR_TARGETS, Part, TaskInfo, get_path, select_targets, set_path
-from jaxcl.models.llama import layer_io_similarity
-from jaxcl.optim.subspace import FORMS, basis_as_dict, basis_from_dict, project_optimizer, svd_bases
+from jaxcl.models.llama import LowRank, layer_io_similarity
+from jaxcl.optim.subspace import (FORMS, SubspaceBasis, basis_as_dict, basis_from_dict, project_optimizer, stacked_svd,
+                                  svd_bases)
 
 RANK_RULES = ("adaptive", "fixed", "progressive")
 
@@ -114,6 +115,94 @@ def layer_importance(config, params, batches: Iterable[dict], num_batches: int) 
     return (total / weight).astype(np.float32)
 
 
+class RankRule(NamedTuple):
+    """How many directions each layer preserves at a task start (module docstring; spec §1.2, §1.4).
+
+    Shared by ``osft_projection`` (dense weights) and ``osft_factorised``; ``ratios`` reads the
+    last task's importance from ``memory[name]["importance"]``.
+    """
+
+    rank_rule: str = "adaptive"
+    mrr: float = 0.1
+    trr: float = 0.8
+    ratio: float | None = None
+    preserve_pretrained: bool = False
+    importance_batches: int = 5
+
+    def check(self) -> "RankRule":
+        """Raise ValueError for an unknown rule or bad ratios; return self."""
+        if self.rank_rule not in RANK_RULES:
+            raise ValueError(f"unknown rank_rule {self.rank_rule!r}; expected one of {RANK_RULES}")
+        if not 0.0 <= self.mrr <= self.trr:
+            raise ValueError(f"need 0 ≤ mrr ≤ trr, got mrr={self.mrr}, trr={self.trr}")
+        if self.rank_rule == "fixed" and (self.ratio is None or not 0.0 <= self.ratio <= 1.0):
+            raise ValueError(f"rank_rule='fixed' needs a preserved ratio in [0, 1], got {self.ratio!r}")
+        if self.rank_rule == "progressive" and self.ratio is not None and not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"rank_rule='progressive' needs a per-task step in (0, 1], got {self.ratio!r}")
+        if self.importance_batches < 1:
+            raise ValueError(f"importance_batches must be ≥ 1, got {self.importance_batches}")
+        return self
+
+    def ratios(self, task: TaskInfo, params, importance: jax.Array, num_layers: int) -> np.ndarray:
+        """``ρ_l`` (float64 ``[L]``) for ``task``; ``importance`` is the previous task's ``I_l``."""
+        if self.rank_rule == "adaptive" and (task.config is None or task.batches is None):
+            raise ValueError("osft rank_rule='adaptive' needs task.config and task.batches (layer importance)")
+        t = task.index
+        if self.rank_rule == "progressive":
+            step = self.ratio
+            if step is None:
+                if not task.num_tasks:
+                    raise ValueError("rank_rule='progressive' without ratio needs task.num_tasks")
+                step = 1.0 / task.num_tasks
+            return np.full(num_layers, min((t + int(self.preserve_pretrained)) * step, 1.0))
+        if t == 0 and not self.preserve_pretrained:
+            return np.zeros(num_layers)
+        if self.rank_rule == "fixed":
+            return np.full(num_layers, self.ratio)
+        if t == 0:  # adaptive, pretrained weights: importance on this task's data, before training
+            importance = layer_importance(task.config, params, task.batches(), self.importance_batches)
+        return adaptive_ratios(np.asarray(importance), self.mrr, self.trr)
+
+    def end_importance(self, trained_params, task: TaskInfo) -> jax.Array | None:
+        """The finished task's ``I_l`` (adaptive rule only; None otherwise)."""
+        if self.rank_rule != "adaptive":
+            return None
+        return jnp.asarray(layer_importance(task.config, trained_params, task.batches(), self.importance_batches))
+
+
+def _task_ranks(rule: RankRule, params, memory_entry, task: TaskInfo, targets) -> dict[str, np.ndarray]:
+    """``{path: k_l int32 [L] (or [])}`` for the targets with any preserved direction this task."""
+    ratios = rule.ratios(task, params, memory_entry["importance"], _num_layers(params, targets))
+    out = {}
+    for path in select_targets(params, targets):
+        w = get_path(params, path)
+        ranks = preserved_ranks(ratios, *w.shape[-2:]).reshape(w.shape[:-2])  # [L] (or [] unstacked)
+        if np.max(ranks) > 0:
+            out[path] = ranks
+    return out
+
+
+def _with_importance(memory, name: str, importance: jax.Array | None):
+    return memory if importance is None else {**memory, name: {**memory[name], "importance": importance}}
+
+
+def _preserved_fraction(params, memory_entry, targets) -> dict[str, float]:
+    kept = total = 0.0
+    for path in select_targets(params, targets):
+        *lead, d_in, d_out = get_path(params, path).shape
+        total += min(d_in, d_out) * math.prod(lead)
+        if path in memory_entry["bases"]:
+            kept += float(jnp.sum(memory_entry["bases"][path]["ranks"]))
+    return {"preserved_fraction": kept / total}
+
+
+def _init_memory(name: str, targets):
+    def init_memory(params):
+        return {name: {"importance": jnp.ones((_num_layers(params, targets),), jnp.float32), "bases": {}}}
+
+    return init_memory
+
+
 def osft_projection(
     targets: str | Iterable[str] = ALL_LINEAR_TARGETS,
     rank_rule: str = "adaptive",
@@ -148,83 +237,143 @@ def osft_projection(
       ValueError: at construction for an unknown rule/form or bad ratios; at ``begin_task`` when
         the adaptive rule has no ``task.config``/``task.batches`` or progressive no step.
     """
-    if rank_rule not in RANK_RULES:
-        raise ValueError(f"unknown rank_rule {rank_rule!r}; expected one of {RANK_RULES}")
+    rule = RankRule(rank_rule, mrr, trr, ratio, preserve_pretrained, importance_batches).check()
     if form not in FORMS:
         raise ValueError(f"unknown projection form {form!r}; expected one of {FORMS}")
-    if not 0.0 <= mrr <= trr:
-        raise ValueError(f"need 0 ≤ mrr ≤ trr, got mrr={mrr}, trr={trr}")
-    if rank_rule == "fixed" and (ratio is None or not 0.0 <= ratio <= 1.0):
-        raise ValueError(f"rank_rule='fixed' needs a preserved ratio in [0, 1], got {ratio!r}")
-    if rank_rule == "progressive" and ratio is not None and not 0.0 < ratio <= 1.0:
-        raise ValueError(f"rank_rule='progressive' needs a per-task step in (0, 1], got {ratio!r}")
-    if importance_batches < 1:
-        raise ValueError(f"importance_batches must be ≥ 1, got {importance_batches}")
-
-    def init_memory(params):
-        num_layers = _num_layers(params, targets)
-        return {name: {"importance": jnp.ones((num_layers,), jnp.float32), "bases": {}}}
-
-    def ratios_for(task: TaskInfo, params, memory) -> np.ndarray:
-        num_layers = _num_layers(params, targets)
-        t = task.index
-        if rank_rule == "progressive":
-            step = ratio
-            if step is None:
-                if not task.num_tasks:
-                    raise ValueError("rank_rule='progressive' without ratio needs task.num_tasks")
-                step = 1.0 / task.num_tasks
-            return np.full(num_layers, min((t + int(preserve_pretrained)) * step, 1.0))
-        if t == 0 and not preserve_pretrained:
-            return np.zeros(num_layers)
-        if rank_rule == "fixed":
-            return np.full(num_layers, ratio)
-        if t == 0:  # adaptive, pretrained weights: importance on this task's data, before training
-            importance = layer_importance(task.config, params, task.batches(), importance_batches)
-        else:
-            importance = np.asarray(memory[name]["importance"])
-        return adaptive_ratios(importance, mrr, trr)
 
     def begin_task(params, memory, task):
-        if rank_rule == "adaptive" and (task.config is None or task.batches is None):
-            raise ValueError("osft rank_rule='adaptive' needs task.config and task.batches (layer importance)")
-        ratios = ratios_for(task, params, memory)
         bases = {}
-        for path in select_targets(params, targets):
-            w = get_path(params, path)
-            ranks = preserved_ranks(ratios, *w.shape[-2:]).reshape(w.shape[:-2])  # [L] (or [] unstacked)
-            if np.max(ranks) == 0:
-                continue
-            bases[path] = {"ranks": jnp.asarray(ranks, jnp.int32), **basis_as_dict(svd_bases(w, ranks))}
+        for path, ranks in _task_ranks(rule, params, memory[name], task, targets).items():
+            basis = svd_bases(get_path(params, path), ranks)
+            bases[path] = {"ranks": jnp.asarray(ranks, jnp.int32), **basis_as_dict(basis)}
         return params, {**memory, name: {**memory[name], "bases": bases}}
 
     def tx(optimizer, memory):
-        bases = {}
-        for path, b in memory.get(name, {}).get("bases", {}).items():
-            bases[f"{trainable_key}/{path}"] = basis_from_dict(b)
+        bases = {f"{trainable_key}/{path}": basis_from_dict(b) for path, b in memory.get(name, {}).get("bases", {}).items()}
         if not bases:
             return optimizer
         return project_optimizer(optimizer, bases, form=form, project_gradients=project_gradients)
 
     def end_task(params, trainable, memory, task, deltas):
-        if rank_rule != "adaptive":
-            return params, memory
         trained = params
         for path, w in trainable.get(trainable_key, {}).items():
             trained = set_path(trained, path, w)
-        importance = layer_importance(task.config, trained, task.batches(), importance_batches)
-        return params, {**memory, name: {**memory[name], "importance": jnp.asarray(importance)}}
+        return params, _with_importance(memory, name, rule.end_importance(trained, task))
 
     def report(params, trainable, memory, deltas):
-        kept = total = 0.0
-        for path in select_targets(params, targets):
-            *lead, d_in, d_out = get_path(params, path).shape
-            total += min(d_in, d_out) * math.prod(lead)
-            if path in memory[name]["bases"]:
-                kept += float(jnp.sum(memory[name]["bases"][path]["ranks"]))
-        return {"preserved_fraction": kept / total}
+        return _preserved_fraction(params, memory[name], targets)
 
-    return Part(name=name, init_memory=init_memory, tx=tx, begin_task=begin_task, end_task=end_task, report=report)
+    return Part(name=name, init_memory=_init_memory(name, targets), tx=tx, begin_task=begin_task,
+                end_task=end_task, report=report)
+
+
+def low_factors(w: jax.Array, ranks: np.ndarray, usv: tuple | None = None) -> dict[str, jax.Array]:
+    """The trainable low part of ``w: [..., d_in, d_out]`` beyond its top ``ranks`` singular pairs.
+
+    With ``W_l = U_l diag(S_l) V_lᵀ`` (thin fp32 SVD), ``k_min = min_l k_l`` and
+    ``c = r − k_min``, column ``j < c`` of layer ``l`` holds singular pair ``k_min + j`` when
+    ``k_min + j ≥ k_l`` and zeros otherwise (the layers' own widths ``r − k_l`` padded to one
+    stacked width; zero columns get zero gradients and stay zero under AdamW)::
+
+        u: [..., d_in, c]    s: [..., c]    v: [..., d_out, c]    high = W − u diag(s) vᵀ   (w's dtype)
+
+    so ``high + u diag(s) vᵀ = W`` up to rounding and ``high`` spans the top ``k_l`` pairs.
+    """
+    u, s, v = stacked_svd(w) if usv is None else usv
+    k_min = int(np.min(ranks))
+    ranks = jnp.asarray(ranks, jnp.int32)
+    on = (k_min + jnp.arange(s.shape[-1] - k_min) >= ranks[..., None]).astype(jnp.float32)  # [..., c]
+    low = {"u": u[..., k_min:] * on[..., None, :], "s": s[..., k_min:] * on, "v": v[..., k_min:] * on[..., None, :]}
+    high = w.astype(jnp.float32) - LowRank(jnp.zeros((), jnp.float32), low["u"], low["s"], low["v"]).dense()
+    return {**low, "high": high.astype(w.dtype)}
+
+
+def osft_factorised(
+    targets: str | Iterable[str] = ALL_LINEAR_TARGETS,
+    project_gradients: bool = True,
+    name: str = "osft",
+    **rank_options,
+) -> Part:
+    """OSFT in the released codes' factorised form (spec §2.2 variant F; mini_trainer, PEFT OSF).
+
+    A whole method on its own (it trains the targets itself: do not compose it with
+    ``full_finetune``). At ``begin_task`` each target with preserved directions is split by
+    ``low_factors`` into a frozen ``W_high`` (written into the base ``params`` leaf) and
+    trainable factors ``trainable["factors"][path] = {"u": U_low, "s": s_low, "v": V_low}``
+    (their start values are kept in ``memory[name]["factors"]`` until the task ends, so ``init``
+    can return them); ``apply`` puts ``LowRank(W_high, u, s, v)`` at the leaf, which
+    ``jaxcl.models.llama.linear`` runs through the thin path ``x W_high + ((x U_low) ⊙ s) V_lowᵀ``
+    (never forming W). ``tx`` projects the factor gradients and final updates one-sided,
+    ``(I − U_k U_kᵀ) dU_low`` and ``(I − V_k V_kᵀ) dV_low`` (``s`` is free), so ``U_kᵀ ΔW = 0`` and
+    ``ΔW V_k = 0`` hold to float precision, as in the dense form. ``end_task`` merges
+    ``W = W_high + U_low diag(s) V_lowᵀ`` back into ``params`` and drops the start factors.
+    Targets without preserved directions (task 0 by default) are fine-tuned densely in
+    ``trainable["full"]``.
+
+    Differences from ``osft_projection`` + ``full_finetune`` (variant W): AdamW's moments and
+    weight decay act on the factors, not on W (as in the released codes); the trained and
+    optimizer-state floats scale with ``c = r − min_l k_l``: with the adaptive rule one layer
+    with a low rank widens every layer's factors, so the form pays off with uniform ranks
+    ("fixed"/"progressive", the released codes' setting) and large shapes
+    (``experiments/bench_osft.py``). Memory while a task runs: the start factors (``c·(d_in +
+    d_out + 1)`` per matrix) and the bases, on top of the trainable copy and its moments.
+
+    Args: as ``osft_projection`` (no ``form``: the factor projections give the two-sided property);
+    ``rank_options`` are ``RankRule``'s fields (``rank_rule``, ``mrr``, ``trr``, ``ratio``,
+    ``preserve_pretrained``, ``importance_batches``).
+    """
+    rule = RankRule(**rank_options).check()
+
+    def begin_task(params, memory, task):
+        bases, factors = {}, {}
+        for path, ranks in _task_ranks(rule, params, memory[name], task, targets).items():
+            w = get_path(params, path)
+            usv = stacked_svd(w)
+            bases[path] = {"ranks": jnp.asarray(ranks, jnp.int32), **basis_as_dict(svd_bases(w, ranks, usv=usv))}
+            low = low_factors(w, ranks, usv)
+            factors[path] = {k: low[k] for k in ("u", "s", "v")}
+            params = set_path(params, path, low["high"])
+        return params, {**memory, name: {**memory[name], "bases": bases, "factors": factors}}
+
+    def init(key, params, memory):
+        factors = memory[name].get("factors", {})
+        return {
+            "full": {p: jnp.array(get_path(params, p), copy=True) for p in select_targets(params, targets) if p not in factors},
+            "factors": {p: {k: jnp.array(x, copy=True) for k, x in f.items()} for p, f in factors.items()},
+        }
+
+    def apply(params, trainable, memory, progress):
+        for path, w in trainable["full"].items():
+            params = set_path(params, path, w)
+        for path, f in trainable["factors"].items():
+            params = set_path(params, path, LowRank(get_path(params, path), f["u"], f["s"], f["v"]))
+        return params
+
+    def tx(optimizer, memory):
+        bases = {}
+        for path, b in memory.get(name, {}).get("bases", {}).items():
+            basis = basis_from_dict(b)
+            bases[f"factors/{path}/u"] = SubspaceBasis(u=basis.u)  # rows of U_low live on d_in
+            bases[f"factors/{path}/v"] = SubspaceBasis(u=basis.v)  # rows of V_low on d_out
+        if not bases:
+            return optimizer
+        return project_optimizer(optimizer, bases, project_gradients=project_gradients)
+
+    def end_task(params, trainable, memory, task, deltas):
+        for path, w in trainable["full"].items():
+            params = set_path(params, path, jnp.array(w, copy=True))
+        for path, f in trainable["factors"].items():
+            high = get_path(params, path)
+            params = set_path(params, path, LowRank(high.astype(jnp.float32), f["u"], f["s"], f["v"]).dense().astype(high.dtype))
+        entry = {k: v for k, v in memory[name].items() if k != "factors"}
+        memory = {**memory, name: entry}
+        return params, _with_importance(memory, name, rule.end_importance(params, task))
+
+    def report(params, trainable, memory, deltas):
+        return _preserved_fraction(params, memory[name], targets)
+
+    return Part(name=name, init_memory=_init_memory(name, targets), init=init, apply=apply, tx=tx,
+                begin_task=begin_task, end_task=end_task, report=report)
 
 
 def _num_layers(params, targets) -> int:

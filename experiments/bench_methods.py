@@ -3,7 +3,8 @@
 Adapter methods are compared with plain LoRA (`seqlora`), full-weight methods (`osft`) with plain
 full fine-tuning (`seqft`), all measured in this run on the same batch (B x T random tokens with
 4 answer tokens), at the *second* task of a stream (so memories — frozen adapters, past updates,
-bases — exist). Also prints OSFT's begin_task time (SVD of every target + importance).
+bases — exist). Also prints OSFT's begin_task time (SVD of every target + importance) and the
+trained / optimizer-state floats of each method (the optimizer state includes OSFT's bases).
 Median of --runs steps after a warm-up step (which includes compilation, reported separately).
 A method may carry hyper-parameter overrides, ``name:key=value:key=value`` (Python literals), e.g.
 ``osft:project_gradients=False`` (the final update projected, not the gradient).
@@ -60,7 +61,8 @@ def main():
     skip = {"mtl"}  # mtl is seqlora's step
     names = args.methods.split(",") if args.methods else [m for m in available_methods() if m not in skip]
     if not args.methods:
-        names.append("osft:project_gradients=False")
+        names += ["osft:project_gradients=False", "osft:factorised=True",
+                  "osft:factorised=True:rank_rule='fixed':ratio=0.8"]
     for ref in (ADAPTER_REF, FULL_REF):
         if ref not in names:
             names.insert(0, ref)
@@ -96,20 +98,24 @@ def main():
             tr, opt, m = step(tr, opt, params, memory, batch, 1 + i, 10)
             jax.block_until_ready(tr)
             ts.append(time.perf_counter() - t0)
-        rows[name] = (first_s, statistics.median(ts), begin_s)
-        print(f"{name}: step {rows[name][1]:.3f}s (first {first_s:.1f}s, begin_task {begin_s:.2f}s)", flush=True)
+        floats = lambda tree: sum(x.size for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating))
+        rows[name] = (first_s, statistics.median(ts), begin_s, floats(tr), floats(opt))
+        print(f"{name}: step {rows[name][1]:.3f}s (first {first_s:.1f}s, begin_task {begin_s:.2f}s, "
+              f"{rows[name][3] / 1e6:.1f} M trained, {rows[name][4] / 1e6:.1f} M optimizer-state floats)", flush=True)
         del tr, opt, step, memory, params
 
     lines = [
         f"Train step on SmolLM2-135M, batch {B} x {T}, float32, second task of a stream; median of {args.runs} steps",
         f"device: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform})",
         "",
-        "| method | reference | step (s) | vs reference | first step incl. compile (s) | begin_task (s) |",
-        "|---|---|---|---|---|---|",
+        "| method | reference | step (s) | vs reference | first step incl. compile (s) | begin_task (s) "
+        "| trained floats | optimizer-state floats |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, (first_s, step_s, begin_s) in rows.items():
+    for name, (first_s, step_s, begin_s, n_train, n_opt) in rows.items():
         ref = FULL_REF if parse_method(name)[0] in FULL_METHODS else ADAPTER_REF
-        lines.append(f"| {name} | {ref} | {step_s:.3f} | {step_s / rows[ref][1]:.2f}x | {first_s:.1f} | {begin_s:.2f} |")
+        lines.append(f"| {name} | {ref} | {step_s:.3f} | {step_s / rows[ref][1]:.2f}x | {first_s:.1f} | {begin_s:.2f} "
+                     f"| {n_train / 1e6:.1f} M | {n_opt / 1e6:.1f} M |")
     text = "\n".join(lines)
     print(text)
     if args.out:

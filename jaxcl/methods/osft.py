@@ -8,27 +8,27 @@ osft   full_finetune(q,k,v,o,gate,up,down) + osft_projection(adaptive, mrr 0.1, 
        singular subspaces of the weights at task start
 =====  ===========================================================================  ==================
 
-Dense weights with a projected update (spec §2.2 variant W), not the factorised
-``U_low Σ_low V_lowᵀ`` reparametrisation of the released codes (variant F): variant W is the
-one the ``full_finetune`` engine path trains and keeps the constraint exact for any optax
-optimizer (AdamW and its weight decay included). ``experiments/bench_osft.py`` measures both on
-the 7 target matrices alone (``experiments/results/bench_osft.md``; CPU, 512 tokens per layer,
-ρ = 0.8; step / full-FT step):
+Two forms, the same ranks and the same property (``U_kᵀ ΔW = 0``, ``ΔW V_k = 0`` to float
+precision). Default: dense weights with a projected update (spec §2.2 variant W), exact for any
+optax optimizer (AdamW and its weight decay included). ``factorised=True``: the released codes'
+``U_low diag(s_low) V_lowᵀ`` reparametrisation (variant F, ``jaxcl.parts.osft.osft_factorised``),
+run through the thin path ``x W_high + ((x U_low) ⊙ s) V_lowᵀ`` of ``jaxcl.models.llama.LowRank``.
+Measured (CPU; step / full-FT step; ``experiments/results/bench_osft.md`` on the 7 target
+matrices alone, ρ = 0.8, and ``bench_methods_osft_forms.md`` for the whole SmolLM2 step at 8 × 128):
 
-==================================  ==================  ==========================
-form                                SmolLM2-135M, L=30  TinyLlama-1.1B, one layer
-==================================  ==================  ==========================
-two-sided projection (this)         1.63×               2.67×
-  final update only                 1.37×               1.85×
-factorised, dense W rebuilt (PEFT)  1.54×               2.71×
-factorised, thin low-rank forward   1.43×               1.77×
-==================================  ==================  ==========================
+=========================================  ===============  ===============  =========================
+form                                       matrices, L=30   TinyLlama layer  whole SmolLM2 step
+=========================================  ===============  ===============  =========================
+dense, two-sided projection (default)      1.63×            2.67×            1.25× fixed, 1.42× adaptive
+  final update only                        1.37×            1.85×            1.19× adaptive
+factorised, thin low-rank forward          1.43×            1.77×            1.10× fixed, 2.09× adaptive
+factorised, dense W rebuilt (PEFT's way)   1.54×            2.71×            –
+=========================================  ===============  ===============  =========================
 
-Variant F is cheaper (and holds half the optimizer state) only with a thin low-rank forward
-``x W_high + ((x U_low) ⊙ s) V_lowᵀ``, which ``jaxcl.models.llama`` (dense weights) does not
-have; through a rebuilt dense weight, the only way a ``delta`` part can run it, it is not
-cheaper. So variant F is not shipped yet. In the whole model step the projection weighs less
-(adaptive ranks, 8 × 128 tokens: ``osft`` 1.19× ``seqft`` in ``bench_methods.md``).
+The factorised form holds half the optimizer state with uniform ranks (147 M vs 296 M floats on
+SmolLM2 at ρ = 0.8) but all layers of a stacked leaf share one factor width ``r − min_l k_l``:
+with the adaptive rule's low-rank first layer every layer's factors are that wide (136 M trained
+floats, more than W), so it is slower there. Use it with ``rank_rule="fixed"``/``"progressive"``.
 
 Learning rate: ``RECOMMENDED_LR["osft"] = (1e-5, 1e-5)``, the released scripts' AdamW rate (T5
 ``finetune_svd.py`` and LLaMA-2 ``test2.py``, wd 0.01 for LLaMA; spec §6; a secondary summary

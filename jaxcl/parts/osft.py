@@ -11,10 +11,11 @@ and its top ``k_l`` pairs are preserved: the part's ``tx`` wraps the optimizer w
 
 (``sculpting_osf.md`` §1.3; the spec's ``U_high`` is ``V_k`` here and ``V_high`` is ``U_k``), after
 AdamW and its weight decay, so ``U_kᵀ W`` and ``W V_k`` stay fixed to float precision over the
-task (variant W of spec §2.2; the factorised variant F of the released codes is not shipped, see
-``experiments/bench_osft.py``). The part trains nothing itself: compose it after
+task (variant W of spec §2.2). The part trains nothing itself: compose it after
 ``full_finetune(targets)`` (preset ``jaxcl.methods.osft``), whose ``trainable["full"][path]`` it
-projects.
+projects. ``osft_factorised`` is the released codes' variant F (trainable ``U_low, s_low,
+V_low`` beyond the preserved pairs, frozen ``W_high``; preset ``osft`` with ``factorised=True``):
+the same ranks and the same preserved-subspace property.
 
 Preserved ranks (spec §1.2, §1.4), with ratio ``ρ_l`` per layer and, per module,
 ``k_l = clip(floor(ρ_l · r), 0, r − 1)`` (the cap ``r − 1`` is mini_trainer's: at least one

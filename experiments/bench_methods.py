@@ -3,8 +3,9 @@
 Adapter methods are compared with plain LoRA (`seqlora`), full-weight methods (`osft`) with plain
 full fine-tuning (`seqft`), all measured in this run on the same batch (B x T random tokens with
 4 answer tokens), at the *second* task of a stream (so memories — frozen adapters, past updates,
-bases — exist). Also prints OSFT's begin_task time (SVD of every target + importance) and the
-trained / optimizer-state floats of each method (the optimizer state includes OSFT's bases).
+bases — exist). Also prints each method's task setup time, column "begin_task" (``jaxcl.fit.start_task``:
+begin_task, e.g. OSFT's SVD of every target + importance, then the fresh trainable and optimizer
+state), and its trained / optimizer-state floats (the optimizer state includes OSFT's bases).
 Median of --runs steps after a warm-up step (which includes compilation, reported separately).
 A method may carry hyper-parameter overrides, ``name:key=value:key=value`` (Python literals), e.g.
 ``osft:project_gradients=False`` (the final update projected, not the gradient).
@@ -49,7 +50,7 @@ def main():
     import jaxcl
     from jaxcl.batch import collate_train
     from jaxcl.core import TaskInfo
-    from jaxcl.fit import default_optimizer, make_train_step
+    from jaxcl.fit import default_optimizer, start_task
     from jaxcl.methods import available_methods, get_method
 
     model = jaxcl.load_pretrained("smollm2-135m", tokenizer=False)
@@ -81,13 +82,10 @@ def main():
         params, memory = method.end_task(params, tr, memory, t1)
         t2 = TaskInfo(index=1, name="t2", num_tasks=2, config=cfg, batches=lambda: [batch], num_steps=10)
         t0 = time.perf_counter()
-        params, memory = method.begin_task(params, memory, t2)
-        jax.block_until_ready(memory)
+        params, memory, tr, _, opt, step = start_task(method, cfg, params, memory, t2, default_optimizer(1e-4),
+                                                      jax.random.PRNGKey(2))
+        jax.block_until_ready((memory, tr, opt))
         begin_s = time.perf_counter() - t0
-        tr = method.init(jax.random.PRNGKey(2), params, memory)
-        tx = method.tx(default_optimizer(1e-4), memory)
-        opt = tx.init(tr)
-        step = make_train_step(method, cfg, tx)
         t0 = time.perf_counter()
         tr, opt, m = step(tr, opt, params, memory, batch, 0, 10)
         jax.block_until_ready(tr)

@@ -246,23 +246,20 @@ def jax_method(name: str, osf_ratio: float):
 
 
 class JaxTrainer:
-    """A jaxcl method's state and jit train step (``jaxcl.fit.make_train_step``), as the engine sets it up."""
+    """A jaxcl method's state and jit train step, set up as the engine does (``jaxcl.fit.start_task``)."""
 
     def __init__(self, model, method_name: str, lr: float, osf_ratio: float, batches_fn, num_steps: int):
         import jax
 
         from jaxcl.core import TaskInfo
-        from jaxcl.fit import default_optimizer, make_train_step
+        from jaxcl.fit import default_optimizer, start_task
 
         self.method = jax_method(method_name, osf_ratio)
         self.cfg = model.config
         task = TaskInfo(index=0, name="bench", num_tasks=1, config=self.cfg, batches=batches_fn, num_steps=num_steps)
-        params, memory = self.method.begin_task(model.params, self.method.init_memory(model.params), task)
-        self.trainable = self.method.init(jax.random.PRNGKey(0), params, memory)
-        tx = self.method.tx(default_optimizer(lr, 0.0, 1.0), memory)
-        self.opt_state = tx.init(self.trainable)
-        self.params, self.memory = params, memory
-        self.step_fn = make_train_step(self.method, self.cfg, tx)
+        self.params, self.memory, self.trainable, _, self.opt_state, self.step_fn = start_task(
+            self.method, self.cfg, model.params, self.method.init_memory(model.params), task,
+            default_optimizer(lr, 0.0, 1.0), jax.random.PRNGKey(0))
         self.total = num_steps
         self.i = 0
         jax.block_until_ready((self.trainable, self.opt_state, self.memory))

@@ -14,7 +14,7 @@ not ``apply(params, trainable, memory)``: the finished adapter already lives in 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +79,44 @@ def make_train_step(
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+class TaskStart(NamedTuple):
+    """Everything a training loop needs for one task (``start_task``)."""
+
+    params: Any  # base params after begin_task (OSFT's factorised form rewrites its targets)
+    memory: Any  # memory after begin_task
+    trainable: Any  # the task's fresh trainable parts
+    tx: optax.GradientTransformation  # the method's transform around the optimizer
+    opt_state: Any  # tx.init(trainable)
+    step: Callable  # make_train_step(method, config, tx, compute_dtype)
+
+
+def start_task(
+    method: Method,
+    config: llama.LlamaConfig,
+    params,
+    memory,
+    task: TaskInfo,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    compute_dtype=None,
+    accumulate_steps: int = 1,
+    place: Callable[[Any], Any] | None = None,
+) -> TaskStart:
+    """``begin_task → init → tx(optimizer) → tx.init → make_train_step``: one task's setup.
+
+    ``accumulate_steps > 1`` wraps the method's transform in ``optax.MultiSteps`` (gradient
+    accumulation); ``place`` puts the fresh trainable on devices (e.g. the engine's sharding).
+    """
+    params, memory = method.begin_task(params, memory, task)
+    trainable = method.init(key, params, memory)
+    if place is not None:
+        trainable = place(trainable)
+    tx = method.tx(optimizer, memory)
+    if accumulate_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps)
+    return TaskStart(params, memory, trainable, tx, tx.init(trainable), make_train_step(method, config, tx, compute_dtype))
+
+
 @dataclasses.dataclass
 class FitResult:
     params: Any  # base params after end_task (changed by methods that merge, e.g. SeqFT)
@@ -104,11 +142,7 @@ def fit_task(
     total = num_steps or len(batch_list)
     if task is None:
         task = TaskInfo(index=0, config=config, batches=lambda: batch_list, num_steps=total)
-    params, memory = method.begin_task(params, memory, task)
-    trainable = method.init(key, params, memory)
-    tx = method.tx(optimizer, memory)
-    opt_state = tx.init(trainable)
-    step_fn = make_train_step(method, config, tx)
+    params, memory, trainable, _, opt_state, step_fn = start_task(method, config, params, memory, task, optimizer, key)
     history = []
     for i, batch in enumerate(batch_list[:total]):
         trainable, opt_state, metrics = step_fn(trainable, opt_state, params, memory, batch, i, total)

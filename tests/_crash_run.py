@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-import jaxcl.engine.runner as runner
+import jaxcl.fit as fit
 from jaxcl.engine import run_experiment
 from tests.engine_helpers import tiny_config, tiny_model
 
@@ -16,7 +16,7 @@ run_dir, crash_task, crash_step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]
 overrides = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 if "method_kwargs" in overrides:
     overrides["method_kwargs"] = tuple(sorted(overrides["method_kwargs"].items()))
-make = runner.make_train_step
+make = fit.make_train_step
 
 
 def make_and_crash(*a, **k):
@@ -33,5 +33,5 @@ def make_and_crash(*a, **k):
 
 
 runner_task = [0]
-runner.make_train_step = make_and_crash
+fit.make_train_step = make_and_crash  # what start_task calls once per task
 run_experiment(tiny_config(**overrides), run_dir, resume=True, progress=False, model=tiny_model())

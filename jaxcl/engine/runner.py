@@ -1,7 +1,7 @@
 """``run_stream``: train a CL method through a task stream, evaluating after every task.
 
 For task i of the stream:
-    params, memory = begin_task(...); trainable = init(key_i, ...); tx = method.tx(optimizer, memory)
+    jaxcl.fit.start_task: begin_task, init(key_i), tx = method.tx(optimizer, memory), the jit step
     for each batch: jit step (loss + penalty, grads w.r.t. trainable, tx update, post_update)
     params, memory = end_task(...)
     R[i, j] = exact-match accuracy on task j ≤ i with the deployed weights (no task id)
@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxcl.core import Method, TaskInfo, deployed_params
 from jaxcl.engine.checkpoint import CheckpointCorrupt, RunCheckpoints
@@ -30,7 +29,7 @@ from jaxcl.engine.config import RunConfig
 from jaxcl.engine.evaluate import evaluate_task
 from jaxcl.engine.sharding import shard_batch, shard_params
 from jaxcl.eval import metrics as M
-from jaxcl.fit import default_optimizer, make_train_step
+from jaxcl.fit import default_optimizer, start_task
 
 
 class RunDirError(RuntimeError):
@@ -150,7 +149,7 @@ def run_stream(
     R = np.full((T, T), np.nan)
     reports: list[dict[str, float]] = []
     evals: dict[str, Any] = {}
-    start_task = 0
+    first_task = 0
     if resume and ckpts is not None:
         latest = ckpts.latest_task()
         if latest is not None:
@@ -160,7 +159,7 @@ def run_stream(
             R = np.array(meta["R"], dtype=float)
             reports = meta.get("reports", [])
             evals = meta.get("evals", {})
-            start_task = done + 1
+            first_task = done + 1
 
     joint = method.regime == "joint"
     schedule = [("+".join(names), _merge_for_joint(enc.encoded), list(range(T)))] if joint else [
@@ -168,29 +167,25 @@ def run_stream(
     ]
     compute_dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
 
-    bar_tasks = _tqdm(total=len(schedule), initial=start_task, desc=f"{method.name}: tasks", disable=not progress)
+    bar_tasks = _tqdm(total=len(schedule), initial=first_task, desc=f"{method.name}: tasks", disable=not progress)
     try:
-        for t_idx in range(start_task, len(schedule)):
+        for t_idx in range(first_task, len(schedule)):
             tname, tenc, covered = schedule[t_idx]
             batches = _task_batches(tenc, config, pad_id, t_idx, answer_len)
             n_steps = len(batches)
             task = TaskInfo(index=t_idx, name=tname, num_tasks=len(schedule), config=mcfg,
                             batches=lambda b=batches: iter(b), num_steps=n_steps)
-            params, memory = method.begin_task(params, memory, task)
             key = jax.random.fold_in(jax.random.PRNGKey(config.seed), t_idx)
-            trainable = place_params(method.init(key, params, memory))
             lr = config.learning_rate or _recommended_lr(method, t_idx) or 1e-3
-            tx = method.tx(default_optimizer(lr, config.weight_decay, config.clip_norm), memory)
-            if config.grad_accum > 1:
-                tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum)
-            opt_state = tx.init(trainable)
+            params, memory, trainable, _, opt_state, step_fn = start_task(
+                method, mcfg, params, memory, task, default_optimizer(lr, config.weight_decay, config.clip_norm), key,
+                compute_dtype, config.grad_accum, place_params)
             step0 = 0
             if resume and ckpts is not None:
                 infl = ckpts.inflight()
                 if infl is not None and infl.get("task_index") == t_idx:
                     trainable, opt_state = ckpts.restore_inflight(trainable, opt_state)
                     step0 = int(infl["step"])
-            step_fn = make_train_step(method, mcfg, tx, compute_dtype)
             bar = _tqdm(total=n_steps, initial=step0, desc=f"task {t_idx + 1}/{len(schedule)} {tname}",
                         leave=False, disable=not progress)
             for s in range(step0, n_steps):

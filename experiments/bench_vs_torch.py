@@ -10,7 +10,9 @@ Both sides load the embedded Q4_1 GGUF (dequantised to float32): jaxcl with
     - train step, LoRA: jaxcl ``seqlora`` vs PEFT ``LoraConfig`` (r 8, α 32, q_proj + v_proj, no dropout)
     - train step, OSF: jaxcl ``osft`` (rank_rule "fixed", ratio --osf-ratio, preserve_pretrained: dense
       weights, projected AdamW update) vs PEFT ``OSFConfig(effective_rank=--osf-ratio)`` (factorised
-      U_low S_low V_low, gradient hooks), all 7 linear weights of every layer
+      U_low S_low V_low, gradient hooks), all 7 linear weights of every layer; ``osf-factorised``
+      (not in the default --methods): jaxcl's ``osft`` with ``factorised=True``, PEFT's own form
+      (trainable U_low, s_low, V_low, thin low-rank forward), vs the same PEFT OSF
     - train step, full FT: jaxcl ``seqft`` vs plain PyTorch training the same 7 linear weights
     - forward: logits [B, T, V]
     - generation: --new-tokens greedy tokens after the B x T prompt (KV cache on both sides)
@@ -73,6 +75,7 @@ LORA = dict(r=8, alpha=32.0, targets=["q_proj", "v_proj"])
 METHODS = {  # our name -> (jaxcl preset, PyTorch side)
     "lora": ("seqlora", "PEFT LoRA"),
     "osf": ("osft", "PEFT OSF"),
+    "osf-factorised": ("osft factorised", "PEFT OSF"),
     "full": ("seqft", "plain full FT"),
 }
 # Dense peak FLOP/s (TFLOP/s) by device name (NVIDIA data sheets, SXM parts unless named).
@@ -240,6 +243,8 @@ def jax_method(name: str, osf_ratio: float):
         return get_method("seqlora", rank=LORA["r"], alpha=LORA["alpha"])
     if name == "osf":  # as PEFT's OSF: a fixed preserved fraction of the pretrained weights, from task 0 on
         return get_method("osft", rank_rule="fixed", ratio=osf_ratio, preserve_pretrained=True)
+    if name == "osf-factorised":  # the same, in PEFT's own form: trainable U_low, s_low, V_low
+        return get_method("osft", factorised=True, rank_rule="fixed", ratio=osf_ratio, preserve_pretrained=True)
     if name == "full":
         return get_method("seqft")
     raise ValueError(f"unknown method {name!r}")
@@ -406,7 +411,7 @@ def torch_trainable(model, method: str, osf_ratio: float):
         cfg = peft.LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=LORA["targets"],
                               lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
         return peft.get_peft_model(model, cfg)
-    if method == "osf":
+    if method in ("osf", "osf-factorised"):
         cfg = peft.OSFConfig(effective_rank=osf_ratio, target_modules=LINEAR, task_type="CAUSAL_LM")
         return peft.get_peft_model(model, cfg)
     if method == "full":
@@ -815,7 +820,9 @@ def report(args, results: dict, wall: float) -> str:
         f"OSF: preserved fraction {args.osf_ratio:g} of min(d_in, d_out) of all 7 linear weights per layer, from "
         "the pretrained weights (jaxcl `osft` with rank_rule='fixed', preserve_pretrained=True: dense weights, "
         "AdamW update projected off the preserved subspaces; PEFT `OSFConfig(effective_rank=...)`: trains the "
-        "factorised low part U_low S_low V_low with projected gradients). Full FT: the 7 linear weights (jaxcl "
+        "factorised low part U_low S_low V_low with projected gradients; jaxcl `osft factorised` "
+        "(factorised=True) trains the same factors through a thin low-rank forward, one-sided projected). "
+        "Full FT: the 7 linear weights (jaxcl "
         "`seqft`; PyTorch: requires_grad on those weights only). 'setup' is the method's start (PEFT wrapping, "
         "SVDs, adapter and optimizer init).",
         "- jaxcl compile = first call - median call (the warm-up call includes compilation; it is excluded "
@@ -884,7 +891,8 @@ def parse_args(argv=None):
                     help="smoke run: shape 2x32, 2 runs, 16 e2e examples, no .md (explicit flags still win)")
     ap.add_argument("--shapes", default=None, help="comma-separated BxT (default 8x128,4x512)")
     ap.add_argument("--runs", type=int, default=None, help="timed calls after the warm-up (default 5)")
-    ap.add_argument("--methods", default="lora,osf,full", help="train-step methods: lora,osf,full")
+    ap.add_argument("--methods", default="lora,osf,full",
+                    help="train-step methods: lora,osf,osf-factorised,full (osf-factorised: jaxcl's factorised OSFT)")
     ap.add_argument("--parts", default="verify,train,forward,generate,e2e")
     ap.add_argument("--e2e-methods", default="lora", help="end-to-end methods (lora,osf,full)")
     ap.add_argument("--e2e-examples", type=int, default=None, help="examples of the e2e epoch (default 200)")

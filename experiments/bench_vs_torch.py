@@ -795,8 +795,9 @@ def report(args, results: dict, wall: float) -> str:
         "",
         f"command: `python experiments/{Path(__file__).name} {' '.join(sys.argv[1:])}` ({wall / 60:.1f} min in all)",
         "",
-        "Same weights on both sides (checked at each batch shape before timing):",
-        *verify_lines(args, results),
+        *(["Same weights on both sides (checked at each batch shape before timing):", *verify_lines(args, results)]
+          if "verify" in args.part_list else
+          ["Same weights on both sides: not checked in this run (--parts without verify; see the full run)."]),
         "",
     ]
     if {"train", "forward", "generate"} & set(args.part_list):

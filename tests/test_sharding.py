@@ -23,13 +23,17 @@ rng = np.random.default_rng(0)
 batch = collate_train([list(rng.integers(3, 64, rng.integers(4, 12))) for _ in range(16)], [[5, 2]] * 16, 0, 16, 2)
 batch = jax.tree.map(jnp.asarray, batch)
 mesh = data_mesh()
-for name, fsdp in (("olora", False), ("seqft", True)):
-    method = get_method(name)
-    memory = method.init_memory(params)
+from jaxcl.core import TaskInfo
+factorised = dict(factorised=True, rank_rule="fixed", ratio=0.5, preserve_pretrained=True)
+for name, kwargs, fsdp in (("olora", {}, False), ("seqft", {}, True), ("osft", factorised, True)):
+    method = get_method(name, **kwargs)
+    # osft factorised: W_high in params, U_low/s_low/V_low trained through the LowRank path
+    base, memory = method.begin_task(params, method.init_memory(params), TaskInfo(index=0, config=cfg))
     results = []
     for sharded in (False, True):
-        p, b = (shard_params(params, mesh, fsdp), shard_batch(batch, mesh)) if sharded else (params, batch)
+        p, b = (shard_params(base, mesh, fsdp), shard_batch(batch, mesh)) if sharded else (base, batch)
         trainable = method.init(jax.random.PRNGKey(1), p, memory)
+        assert name != "osft" or len(trainable["factors"]) == 7
         if sharded:
             trainable = shard_params(trainable, mesh, fsdp)
         tx = method.tx(optax.sgd(0.1), memory)  # linear in the gradient: compares grads, not Adam's noise amplification

@@ -306,7 +306,10 @@ def osft_factorised(
     ``jaxcl.models.llama.linear`` runs through the thin path ``x W_high + ((x U_low) ⊙ s) V_lowᵀ``
     (never forming W). ``tx`` projects the factor gradients and final updates one-sided,
     ``(I − U_k U_kᵀ) dU_low`` and ``(I − V_k V_kᵀ) dV_low`` (``s`` is free), so ``U_kᵀ ΔW = 0`` and
-    ``ΔW V_k = 0`` hold to float precision, as in the dense form. ``end_task`` merges
+    ``ΔW V_k = 0`` hold to float precision, as in the dense form. Projecting the final update is
+    mini_trainer's post-step parameter projection (``U_low ← U_low − U_k U_kᵀ U_low``; the start
+    factors are already orthogonal to ``U_k``); PEFT projects the gradients only (hooks), so with
+    Adam its factors can drift into the preserved span (spec §1.3, §2.2). ``end_task`` merges
     ``W = W_high + U_low diag(s) V_lowᵀ`` back into ``params`` and drops the start factors.
     Targets without preserved directions (task 0 by default) are fine-tuned densely in
     ``trainable["full"]``.

@@ -11,6 +11,9 @@ Regenerate tables/plots with `python experiments/make_tables.py`.
     python experiments/run_grid.py --benchmark standard --orders 1,2,3 --seeds 0,1 \
         --methods seqft,seqlora,inclora,olora,nlora,ella,oliera,jumplora,jumplora+olora,jumplora+ella,osft,mtl \
         [--preset quick] [--data-dir ../shared/cl_benchmark] [--max-cells N]
+
+``--status`` prints each cell's state (done with its AA and minutes, running with its pid,
+interrupted with the tasks it has finished, or not started) and runs nothing.
 """
 
 from __future__ import annotations
@@ -63,6 +66,36 @@ def claim(lock: Path) -> bool:
     return False
 
 
+def lock_holder(lock: Path) -> int | None:
+    """The pid named by a cell's lock file if that process is alive, else None."""
+    try:
+        pid = int(lock.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        return pid
+
+
+def cell_state(result_json: Path, run_dir: Path, lock: Path) -> str:
+    """One line saying where a cell stands (see ``--status``)."""
+    if result_json.is_file():
+        m = json.loads(result_json.read_text())
+        return f"done: AA {100 * m['summary']['average_accuracy']:.1f}, {m.get('wall_time_s', 0) / 60:.0f} min"
+    pid = lock_holder(lock)
+    finished = None
+    if (run_dir / "config.json").is_file():
+        from jaxcl.engine.checkpoint import RunCheckpoints
+
+        latest = RunCheckpoints(run_dir).latest_task()
+        finished = 0 if latest is None else latest[0] + 1
+    where = "" if finished is None else f", {finished} task(s) finished"
+    if pid is not None:
+        return f"running (pid {pid}){where}"
+    return "not started" if finished is None else f"interrupted{where}: resumes on the next call"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--benchmark", default="standard")
@@ -72,7 +105,18 @@ def main():
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--max-cells", type=int, default=None, help="stop after this many cells (session budget)")
+    ap.add_argument("--status", action="store_true", help="print each cell's state and run nothing")
     args = ap.parse_args()
+
+    if args.status:
+        for order in map(int, args.orders.split(",")):
+            for seed in map(int, args.seeds.split(",")):
+                for method in args.methods.split(","):
+                    cell = f"{method}_o{order}_s{seed}"
+                    run_dir = HERE / "runs" / args.benchmark / args.preset / cell
+                    result_json = HERE / "results" / args.benchmark / args.preset / f"{cell}.json"
+                    print(f"{cell:24s} {cell_state(result_json, run_dir, run_dir.with_name(f'{cell}.lock'))}")
+        return
 
     from jaxcl.engine import RunConfig, run_experiment
     import jaxcl

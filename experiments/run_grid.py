@@ -145,7 +145,8 @@ def main():
                 run_experiment(config, run_dir, resume=resume, progress=False, model=model)
                 result_json.parent.mkdir(parents=True, exist_ok=True)
                 m = json.loads((run_dir / "metrics.json").read_text())
-                m["wall_time_s"] = time.time() - t0
+                m["wall_time_s"] = time.time() - t0  # this call only: a resumed cell's earlier part is not in it
+                m["resumed"] = resume
                 m.pop("evals", None)
                 result_json.write_text(json.dumps(m, indent=1))
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

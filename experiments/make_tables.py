@@ -3,7 +3,8 @@
     python experiments/make_tables.py [--benchmark standard] [--preset quick]
 
 Writes experiments/results/<benchmark>/<preset>/{table.md, comparison.md, aa_bwt.png, heatmaps/<cell>.png}:
-per method, AA / BWT / forgetting as mean ± spread (min–max) over seeds, per order; and
+per method, AA as mean and spread (min–max) over seeds, per order, and AA / BWT / forgetting as the mean over
+orders of each order's seed mean; and
 ``comparison.md``, jaxcl's AA next to the papers' T5-large AA (``experiments/paper_results.json``,
 transcribed from the specs) with both rankings and their Spearman correlation.
 """
@@ -44,18 +45,16 @@ def main():
              "|---" * (len(orders) + 5) + "|"]
     summaries = {}
     for method, d in sorted(by_method.items()):
-        cols, aa_all, bwt_all, fg_all, nseeds = [], [], [], [], []
+        cols, nseeds = [], []
         for o in orders:
             runs = d.get(o, [])
             aa = [100 * r["average_accuracy"] for r in runs]
-            aa_all += aa
-            bwt_all += [100 * r["backward_transfer"] for r in runs]
-            fg_all += [100 * r["forgetting"] for r in runs]
             nseeds.append(len(runs))
             cols.append("–" if not aa else f"{np.mean(aa):.1f}" + (f" ({min(aa):.1f}–{max(aa):.1f})" if len(aa) > 1 else ""))
-        summaries[method] = {"average_accuracy": np.mean(aa_all) / 100, "backward_transfer": np.nanmean(bwt_all) / 100}
-        lines.append(f"| {method} | " + " | ".join(cols) + f" | {np.mean(aa_all):.1f} | {np.nanmean(bwt_all):.1f} | "
-                     f"{np.nanmean(fg_all):.1f} | {','.join(map(str, nseeds))} |")
+        mean_aa, mean_bwt, mean_fg = (order_balanced_mean(d, key) for key in ("average_accuracy", "backward_transfer", "forgetting"))
+        summaries[method] = {"average_accuracy": mean_aa / 100, "backward_transfer": mean_bwt / 100}
+        lines.append(f"| {method} | " + " | ".join(cols) + f" | {mean_aa:.1f} | {mean_bwt:.1f} | "
+                     f"{mean_fg:.1f} | {','.join(map(str, nseeds))} |")
     table = "\n".join(lines) + "\n"
     (folder / "table.md").write_text(table)
     plots.plot_comparison(summaries, folder / "aa_bwt.png")
@@ -63,6 +62,14 @@ def main():
     comparison = paper_comparison(by_method, args.benchmark, args.preset)
     (folder / "comparison.md").write_text(comparison)
     print(comparison)
+
+
+def order_balanced_mean(runs_by_order: dict[int, list[dict]], key: str, orders=None) -> float:
+    """Mean (in %) over orders of each order's mean over seeds (so an order with more seeds does not weigh
+    more), of ``summary[key]``; ``orders`` restricts it to those orders."""
+    per_order = [np.nanmean([100 * r[key] for r in runs]) for o, runs in sorted(runs_by_order.items())
+                 if runs and (orders is None or o in orders)]
+    return float(np.mean(per_order))
 
 
 def _ranks(values: list[float]) -> np.ndarray:
@@ -81,11 +88,13 @@ def paper_comparison(by_method: dict, benchmark: str, preset: str) -> str:
     paper = json.loads((HERE / "paper_results.json").read_text())
     key = "standard" if benchmark == "standard" else "long"
     first_order = 1 if key == "standard" else 4
+    # Rank methods on the same orders: those that every method has run (a partly run order is left out).
+    orders = sorted(set.intersection(*({o for o, runs in d.items() if runs} for d in by_method.values())))
     rows = []
     for method, d in sorted(by_method.items()):
-        orders = sorted(d)
         ours = [100 * r["average_accuracy"] for o in orders for r in d[o]]
-        bwt = [100 * r["backward_transfer"] for o in orders for r in d[o]]
+        bwt = order_balanced_mean(d, "backward_transfer", orders)
+        mean_aa = order_balanced_mean(d, "average_accuracy", orders)
         ref = paper["methods"].get(method)
         theirs, note = None, ""
         if ref is not None:
@@ -94,22 +103,23 @@ def paper_comparison(by_method: dict, benchmark: str, preset: str) -> str:
                 theirs = float(np.mean(per_order))
             elif ref[key][3] is not None:
                 theirs, note = ref[key][3], " †"
-        rows.append((method, orders, ours, bwt, theirs, note, ref["source"] if ref else "–"))
+        rows.append((method, mean_aa, ours, bwt, theirs, note, ref["source"] if ref else "–"))
     both = [r for r in rows if r[4] is not None]
-    ours_rank = dict(zip([r[0] for r in both], _ranks([np.mean(r[2]) for r in both])))
+    ours_rank = dict(zip([r[0] for r in both], _ranks([r[1] for r in both])))
     paper_rank = dict(zip([r[0] for r in both], _ranks([r[4] for r in both])))
     lines = [
         f"jaxcl (SmolLM2-135M, preset '{preset}') vs the papers ({paper['model']}), {benchmark} benchmark: "
-        "average accuracy (%) after the last task, over the orders jaxcl ran (paper value on the same orders; "
-        "† = only the paper's mean over all orders is known). Ranks among the methods with both numbers.",
+        f"average accuracy (%) after the last task, mean over order(s) {','.join(map(str, orders))} (those every "
+        "method has run; each order's mean over its seeds; min–max over all those runs) and the paper's value on "
+        "the same orders († = only the paper's mean over all orders is known). Ranks among the methods with both numbers.",
         "",
-        "| method | orders | jaxcl AA (min–max) | jaxcl BWT | paper AA | jaxcl rank | paper rank | paper source |",
+        "| method | runs | jaxcl AA (min–max) | jaxcl BWT | paper AA | jaxcl rank | paper rank | paper source |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for method, orders, ours, bwt, theirs, note, source in rows:
+    for method, mean_aa, ours, bwt, theirs, note, source in rows:
         spread = f" ({min(ours):.1f}–{max(ours):.1f})" if len(ours) > 1 else ""
         lines.append(
-            f"| {method} | {','.join(map(str, orders))} | {np.mean(ours):.1f}{spread} | {np.nanmean(bwt):.1f} | "
+            f"| {method} | {len(ours)} | {mean_aa:.1f}{spread} | {bwt:.1f} | "
             + ("–" if theirs is None else f"{theirs:.1f}{note}")
             + f" | {ours_rank.get(method, float('nan')):.1f} | {paper_rank.get(method, float('nan')):.1f} | {source} |".replace("nan", "–")
         )

@@ -1,0 +1,41 @@
+"""experiments/make_tables.py: means over orders weigh each order once (not each run), and methods
+are ranked against the papers only on the orders that every method has run."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def make_tables():
+    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "experiments" / "make_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(aa: float, bwt: float = -0.1) -> dict:
+    return {"average_accuracy": aa, "backward_transfer": bwt, "forgetting": -bwt}
+
+
+def test_order_balanced_mean_weighs_orders_not_runs(make_tables):
+    # order 1: two seeds (0.4, 0.6) -> 50 %; order 2: one seed 0.8 -> 80 %; balanced mean 65 %, not 60 %.
+    runs = {1: [run(0.4), run(0.6)], 2: [run(0.8)]}
+    assert make_tables.order_balanced_mean(runs, "average_accuracy") == pytest.approx(65.0)
+    assert make_tables.order_balanced_mean(runs, "average_accuracy", orders=[1]) == pytest.approx(50.0)
+    assert make_tables.order_balanced_mean(runs, "backward_transfer") == pytest.approx(-10.0)
+
+
+def test_comparison_ranks_on_the_orders_every_method_ran(make_tables):
+    # olora has order 2 as well; seqft only order 1: the comparison must use order 1 alone, where
+    # olora (30 %) is below seqft (40 %), although olora's order 2 (90 %) would lift its pooled mean.
+    by_method = {"olora": {1: [run(0.3)], 2: [run(0.9)]}, "seqft": {1: [run(0.4)]}, "inclora": {1: [run(0.35)]}}
+    text = make_tables.paper_comparison(by_method, "standard", "quick")
+    assert "mean over order(s) 1 " in text
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["olora"][3].strip() == "30.0"
+    assert rows["olora"][6].strip() == "3.0" and rows["seqft"][6].strip() == "1.0"  # jaxcl ranks
+    assert rows["olora"][5].strip() == "75.4"  # the paper's order-1 value, not its 3-order mean

@@ -35,3 +35,15 @@ def smollm2():
     import jaxcl
 
     return jaxcl.load_pretrained("smollm2-135m")
+
+
+def load_experiment_script(name: str):
+    """Import ``experiments/<name>.py`` (a script, not a package module) so tests can call its functions."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

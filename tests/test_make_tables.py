@@ -1,20 +1,14 @@
 """experiments/make_tables.py: means over orders weigh each order once (not each run), and methods
 are ranked against the papers only on the orders that every method has run."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_experiment_script
 
 
 @pytest.fixture(scope="module")
 def make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "experiments" / "make_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment_script("make_tables")
 
 
 def run(aa: float, bwt: float = -0.1) -> dict:

@@ -1,24 +1,19 @@
 """experiments/run_grid.py: the per-cell lock that lets two grid processes share a method list,
 and the ``--status`` view of where each cell stands."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_experiment_script
 
 
 @pytest.fixture(scope="module")
 def run_grid():
-    spec = importlib.util.spec_from_file_location("run_grid", ROOT / "experiments" / "run_grid.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment_script("run_grid")
 
 
 def dead_pid() -> int:

@@ -24,7 +24,8 @@ Both sides load the embedded Q4_1 GGUF (dequantised to float32): jaxcl with
 (b) End to end: one epoch over --e2e-examples examples of the first standard task (dbpedia, from
     ``jaxcl.data``, max_length --e2e-max-length, batch 8, the same token ids on both sides), each
     side's usual practice: jaxcl with its engine's training loop (``train_batches`` length buckets,
-    one jit step per bucket, ``float(metrics)`` every step, as ``jaxcl.engine.runner``); PyTorch +
+    one jit step per bucket, ``float(metrics)`` every step, the task's common prompt head run once
+    per batch (``split_prefix``; off with --e2e-no-shared-prefix), as ``jaxcl.engine.runner``); PyTorch +
     PEFT with a plain loop over shuffled batches padded to the longest row (dynamic padding).
     The time includes jax's compilation and each side's method setup (PEFT wrapping, SVDs).
 
@@ -325,6 +326,7 @@ def jax_e2e(args, spec, data) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from jaxcl.batch import shared_prefix_len, split_prefix
     from jaxcl.data.batching import train_batches
 
     model, load_s = jax_model()
@@ -333,10 +335,12 @@ def jax_e2e(args, spec, data) -> dict:
     t_start = time.perf_counter()
     batches = train_batches(data["prompts"], data["answers"], args.e2e_batch, data["pad_id"], data["answer_len"],
                             buckets=args.e2e_buckets, seed=0, epoch=0)
+    prefix_len = 0 if args.e2e_no_shared_prefix else shared_prefix_len(data["prompts"])
+    run = [split_prefix(b, prefix_len) if prefix_len else b for b in batches]
     trainer = JaxTrainer(model, spec["method"], lr, args.osf_ratio, lambda: iter(batches), len(batches))
     setup_s = time.perf_counter() - t_start
     step_times, losses, shapes = [], [], []
-    for b in batches:
+    for b in run:
         t0 = time.perf_counter()
         losses.append(trainer.step(jax.tree.map(jnp.asarray, b))["loss"])
         step_times.append(time.perf_counter() - t0)
@@ -345,7 +349,8 @@ def jax_e2e(args, spec, data) -> dict:
     return dict(total_s=total, setup_s=setup_s, load_s=load_s, rss_reset=reset, steps=len(batches),
                 step_times=step_times, step_shapes=shapes, losses=losses,
                 real_tokens=int(sum(b["attention_mask"].sum() for b in batches)),
-                padded_tokens=int(sum(b["tokens"].size for b in batches)),
+                padded_tokens=int(sum(b["tokens"].size + b.get("prefix", np.empty(0)).size for b in run)),
+                shared_prefix=prefix_len,
                 examples=len(data["prompts"]), compile_s=_compile_estimate(step_times, shapes))
 
 
@@ -662,7 +667,7 @@ def _worker_argv(args) -> list[str]:
     keep = ["--runs", str(args.runs), "--new-tokens", str(args.new_tokens), "--lr-lora", str(args.lr_lora),
             "--lr-full", str(args.lr_full), "--osf-ratio", str(args.osf_ratio), "--e2e-batch", str(args.e2e_batch),
             "--e2e-buckets", ",".join(map(str, args.e2e_buckets))]
-    return keep
+    return keep + (["--e2e-no-shared-prefix"] if args.e2e_no_shared_prefix else [])
 
 
 def device_line(platform_name: str, dev_name: str) -> str:
@@ -746,13 +751,14 @@ def table_a(args, results: dict, gpu: bool, dev_name: str) -> list[str]:
 
 def table_b(args, results: dict, gpu: bool) -> list[str]:
     mem = "peak device memory (MiB)" if gpu else "peak RSS (MiB)"
-    head = ["method", "side", "examples", "steps", "padded / real tokens", "total (s)", "of which compile (s)",
+    head = ["method", "side", "examples", "steps", "tokens run / real tokens", "total (s)", "of which compile (s)",
             "setup (s)", "examples/s", "real tok/s", mem, "mean loss (last 5 steps)", "speedup (torch/jaxcl)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in args.e2e_method_list:
         j = results.get(("jaxcl", "e2e", m, None), {})
         t = results.get(("torch", "e2e", m, None), {})
-        for side, r, name in (("jaxcl", j, f"jaxcl {METHODS[m][0]} (engine loop, buckets {args.e2e_buckets})"),
+        prefix = f", shared prefix {j['shared_prefix']} tokens" if j.get("shared_prefix") else ""
+        for side, r, name in (("jaxcl", j, f"jaxcl {METHODS[m][0]} (engine loop, buckets {args.e2e_buckets}{prefix})"),
                               ("torch", t, f"{METHODS[m][1]} (plain loop, dynamic padding)")):
             if not r or "error" in r:
                 lines.append(f"| {m} | {name} | " + ("failed | " * (len(head) - 2)).rstrip())
@@ -838,7 +844,10 @@ def report(args, results: dict, wall: float) -> str:
         f"{args.e2e_max_length}). Total time = method setup + batching + every step, jax compilation included "
         "('of which compile' estimates it: first step of each bucket shape - median step of that shape). "
         "Model loading is excluded on both sides. jaxcl pads each batch to its length bucket (fixed shapes, "
-        "a bucket's last partial batch filled with empty rows); PyTorch pads each batch to its longest row.",
+        "a bucket's last partial batch filled with empty rows) and, as its engine does, runs the prompt head "
+        "that every example of the task shares (instruction and options) once per batch, its keys/values "
+        "broadcast to the rows (`jaxcl.batch.split_prefix`, same loss and gradients; 'tokens run' counts the "
+        "head once per batch); PyTorch pads each batch to its longest row and runs every row in full.",
     ]
     if gpu:
         lines.append(f"- MFU = model FLOPs (`model_flops`: 2·N_linear per token, 4·L·T²·H·E attention, full LM head; "
@@ -900,6 +909,8 @@ def parse_args(argv=None):
     ap.add_argument("--e2e-max-length", type=int, default=128, help="the engine's 'quick' preset max_length")
     ap.add_argument("--e2e-batch", type=int, default=8)
     ap.add_argument("--e2e-buckets", default="96,128", help="jaxcl length buckets (the 'quick' preset's)")
+    ap.add_argument("--e2e-no-shared-prefix", action="store_true",
+                    help="jaxcl e2e: run every row in full (the engine's share_prefix=False)")
     ap.add_argument("--task", default="dbpedia")
     ap.add_argument("--new-tokens", type=int, default=4)
     ap.add_argument("--lr-lora", type=float, default=1e-3)

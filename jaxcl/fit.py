@@ -26,8 +26,8 @@ from jaxcl.models import llama
 
 
 def answer_logits(config: llama.LlamaConfig, params, batch) -> jax.Array:
-    """float32 logits [B, A, V] at the answer positions only."""
-    h_BTD = llama.hidden_states(config, params, batch["tokens"], batch["attention_mask"])
+    """float32 logits [B, A, V] at the answer positions only (after the batch's shared ``prefix``, if any)."""
+    h_BTD = llama.hidden_states(config, params, batch["tokens"], batch["attention_mask"], prefix_P=batch.get("prefix"))
     h_BAD = jnp.take_along_axis(h_BTD, batch["target_pos"][..., None], axis=1)
     return llama.logits_from_hidden(config, params, h_BAD)
 

@@ -45,6 +45,7 @@ class RunConfig:
     seed: int = 0
     eval_batch_size: int = 16
     with_task_prefix: bool = True
+    share_prefix: bool = True  # run a task's common prompt head once per batch (same math, fewer FLOPs)
     checkpoint_every: int = 10  # optimizer steps between mid-task checkpoints (0: task ends only)
     method_kwargs: tuple[tuple[str, Any], ...] = ()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcl.eval.metrics import confusion_counts, exact_match, normalize_answer
@@ -28,14 +28,23 @@ def generate_answers(
     batch_size: int,
     max_new_tokens: int,
     buckets: Sequence[int],
+    share_prefix: bool = True,
 ) -> list[str]:
-    """Greedy answers (decoded, cut at EOS) of left-padded, length-bucketed prompt batches."""
+    """Greedy answers (decoded, cut at EOS) of left-padded, length-bucketed prompt batches.
+
+    With ``share_prefix`` the prompts' common head (``jaxcl.batch.shared_prefix_len``) is run once
+    per batch (``llama.generate(..., prefix_P=...)``) and the rest is bucketed by the full length."""
+    from jaxcl.batch import shared_prefix_len
     from jaxcl.data.batching import eval_batches
 
     pad_id = config.eos_token_id if config.eos_token_id is not None else 0
+    P = shared_prefix_len(prompts) if share_prefix else 0
+    prefix = jnp.asarray(prompts[0][:P], jnp.int32) if P else None
+    rests = [p[P:] for p in prompts]
+    rest_buckets = sorted({b - P for b in buckets if b > P})
     answers: list[str | None] = [None] * len(prompts)
-    for tokens, mask, index in eval_batches(prompts, batch_size, pad_id, buckets):
-        out = np.asarray(llama.generate_jit(config, params, jax.numpy.asarray(tokens), jax.numpy.asarray(mask), max_new_tokens))
+    for tokens, mask, index in eval_batches(rests, batch_size, pad_id, rest_buckets):
+        out = np.asarray(llama.generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), max_new_tokens, prefix))
         for row, i in enumerate(index):
             if i is None or i < 0:
                 continue
@@ -46,9 +55,10 @@ def generate_answers(
     return answers  # type: ignore[return-value]
 
 
-def evaluate_task(config, params, tokenizer, prompts, labels, label_set, batch_size, max_new_tokens, buckets) -> TaskEval:
+def evaluate_task(config, params, tokenizer, prompts, labels, label_set, batch_size, max_new_tokens, buckets,
+                  share_prefix: bool = True) -> TaskEval:
     """Exact-match accuracy (normalised: lower-case, no ASCII punctuation, collapsed spaces)."""
-    preds = generate_answers(config, params, tokenizer, prompts, batch_size, max_new_tokens, buckets)
+    preds = generate_answers(config, params, tokenizer, prompts, batch_size, max_new_tokens, buckets, share_prefix)
     correct = [exact_match(p, l) for p, l in zip(preds, labels)]
     conf = confusion_counts([normalize_answer(p) for p in preds], [normalize_answer(l) for l in labels],
                             [normalize_answer(l) for l in label_set])

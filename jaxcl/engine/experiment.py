@@ -17,6 +17,9 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{config.method}_{what}_{config.preset}_s{config.seed}"
 
 
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+
+
 def prepare_run_dir(run_dir: Path, config_json: dict, resume: bool, overwrite: bool) -> None:
     """Create ``run_dir`` or check it belongs to this run. Refuses to touch a different run."""
     cfg_path = run_dir / "config.json"
@@ -30,6 +33,9 @@ def prepare_run_dir(run_dir: Path, config_json: dict, resume: bool, overwrite: b
                 old = json.loads(cfg_path.read_text())
             except json.JSONDecodeError as e:
                 raise RunDirError(f"{cfg_path} is unreadable ({e}); use --overwrite to start again") from None
+            # a field added after that run was written counts as its default there
+            old = {**{k: v for k, v in config_json.items() if k not in old and k in _FIELD_DEFAULTS
+                      and v == _FIELD_DEFAULTS[k]}, **old}
             if old != config_json:
                 diff = sorted(k for k in set(old) | set(config_json) if old.get(k) != config_json.get(k))
                 raise RunDirError(

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcl.batch import shared_prefix_len, split_prefix
 from jaxcl.core import Method, TaskInfo, deployed_params
 from jaxcl.engine.checkpoint import CheckpointCorrupt, RunCheckpoints
 from jaxcl.engine.config import RunConfig
@@ -172,6 +173,7 @@ def run_stream(
         for t_idx in range(first_task, len(schedule)):
             tname, tenc, covered = schedule[t_idx]
             batches = _task_batches(tenc, config, pad_id, t_idx, answer_len)
+            prefix_len = shared_prefix_len(tenc.train_prompts) if config.share_prefix else 0
             n_steps = len(batches)
             task = TaskInfo(index=t_idx, name=tname, num_tasks=len(schedule), config=mcfg,
                             batches=lambda b=batches: iter(b), num_steps=n_steps)
@@ -189,7 +191,8 @@ def run_stream(
             bar = _tqdm(total=n_steps, initial=step0, desc=f"task {t_idx + 1}/{len(schedule)} {tname}",
                         leave=False, disable=not progress)
             for s in range(step0, n_steps):
-                batch = place_batch(jax.tree.map(jnp.asarray, batches[s]))
+                batch = batches[s] if not prefix_len else split_prefix(batches[s], prefix_len)
+                batch = place_batch(jax.tree.map(jnp.asarray, batch))
                 t0 = time.perf_counter()
                 trainable, opt_state, m = step_fn(trainable, opt_state, params, memory, batch, s, n_steps)
                 m = {k: float(v) for k, v in m.items()}
@@ -200,7 +203,8 @@ def run_stream(
                         f"the last good checkpoint is kept"
                     )
                 ntok = int(np.sum(batches[s]["attention_mask"]))
-                log.write({"task": t_idx, "task_name": tname, "step": s, "time_s": dt, "tokens_per_s": ntok / dt, **m})
+                log.write({"task": t_idx, "task_name": tname, "step": s, "time_s": dt, "tokens_per_s": ntok / dt,
+                           "shared_prefix": prefix_len, **m})
                 bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{ntok / dt:.0f}")
                 bar.update(1)
                 if ckpts is not None and config.checkpoint_every and (s + 1) % config.checkpoint_every == 0 and s + 1 < n_steps:
@@ -216,7 +220,7 @@ def run_stream(
             for j in _tqdm(seen, desc="eval", leave=False, disable=not progress):
                 e, td = enc.encoded[j], enc.tasks[j]
                 ev = evaluate_task(mcfg, deployed, tokenizer, e.test_prompts, e.test_labels, td.labels,
-                                   config.eval_batch_size, max_new_tokens, config.buckets)
+                                   config.eval_batch_size, max_new_tokens, config.buckets, config.share_prefix)
                 R[row, j] = ev.accuracy
                 evals[f"{row}/{j}"] = {"accuracy": ev.accuracy, "confusion": ev.confusion,
                                        "examples": list(zip(e.test_labels[:5], ev.predictions[:5]))}

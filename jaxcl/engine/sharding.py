@@ -47,9 +47,14 @@ def shard_params(tree: Any, mesh: Mesh, fsdp: bool = False) -> Any:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Place a batch with its leading axis over "data" (B must be divisible by the axis size)."""
+    """Place a batch with its leading axis over "data" (B must be divisible by the axis size); a
+    shared ``prefix`` (``jaxcl.batch.split_prefix``, no batch axis) is replicated."""
     n = mesh.shape["data"]
-    for k, v in batch.items():
+    rows = {k: v for k, v in batch.items() if k != "prefix"}
+    for k, v in rows.items():
         if v.shape[0] % n:
             raise ValueError(f"batch['{k}'] has leading size {v.shape[0]}, not divisible by {n} devices")
-    return jax.device_put(batch, batch_sharding(mesh))
+    placed = jax.device_put(rows, batch_sharding(mesh))
+    if "prefix" in batch:
+        placed["prefix"] = jax.device_put(batch["prefix"], NamedSharding(mesh, P()))
+    return placed

@@ -32,6 +32,11 @@ Math per layer (pre-norm):
 with n(x) = w * x / sqrt(mean(x²) + eps) (RMSNorm in float32), rotary embeddings in the
 "rotate half" layout of transformers (inv_freq_i = theta^(-2i/E)), causal grouped-query
 attention with a key-padding mask, and logits = norm(x_L) @ lm_head (or @ embed_tokensᵀ).
+
+Shared prefix: when every row of a batch starts with the same P tokens (a task's instruction
+head), ``hidden_states`` and ``generate`` take them once as ``prefix_P`` and the rows without
+them: the prefix runs at batch 1 and its keys/values are broadcast to the B rows (``prefix_cache``),
+so a step costs P + B·T' tokens instead of B·(P + T'). The math is the same as on the full rows.
 """
 
 from __future__ import annotations
@@ -316,15 +321,49 @@ def hidden_states(
     tokens_BT: jax.Array,
     attention_mask_BT: jax.Array | None = None,
     positions_BT: jax.Array | None = None,
+    prefix_P: jax.Array | None = None,
 ) -> jax.Array:
     """Final normed hidden states [B, T, D] (before the output projection).
 
     ``attention_mask`` is 1 for real tokens and 0 for padding (left or right). Padded query
-    rows produce finite garbage that callers must ignore.
+    rows produce finite garbage that callers must ignore. With ``prefix_P`` (int32 [P], tokens
+    that precede every row at positions 0..P-1), ``tokens_BT`` are the rows after that prefix, at
+    positions P + their own: the result equals the last T columns of the run on the full rows
+    ``[prefix, row]``, computed with the prefix once (``prefix_cache``).
     """
+    if prefix_P is not None:
+        return _hidden_states_after_prefix(config, params, prefix_P, tokens_BT, attention_mask_BT)
     attention_mask_BT, positions_BT, allowed_BTS = _attention_inputs(tokens_BT, attention_mask_BT, positions_BT)
     x_BTD = params["embed_tokens"][tokens_BT]
     x_BTD, _ = _run_layers(config, params, x_BTD, positions_BT, allowed_BTS)
+    return rms_norm(x_BTD, params["norm"], config.rms_norm_eps)
+
+
+def prefix_cache(config: LlamaConfig, params: Params, prefix_P: jax.Array, batch: int, length: int) -> dict[str, jax.Array]:
+    """KV cache [L, batch, length, K, E] whose columns [0, P) hold the keys/values of the shared
+    prefix (computed once at batch 1, positions 0..P-1, then broadcast to ``batch`` rows); the other
+    columns are zero. Gradients reach the prefix computation summed over the rows."""
+    P = prefix_P.shape[0]
+    one = init_cache(config, 1, P, params["embed_tokens"].dtype)
+    x_1PD = params["embed_tokens"][prefix_P][None]
+    allowed_1PP = jnp.tril(jnp.ones((P, P), bool))[None]
+    _, one = _run_layers(config, params, x_1PD, jnp.arange(P, dtype=jnp.int32)[None], allowed_1PP, one, 0)
+    widths = ((0, 0), (0, 0), (0, length - P), (0, 0), (0, 0))
+    return {name: jnp.pad(jnp.broadcast_to(kv, (kv.shape[0], batch) + kv.shape[2:]), widths) for name, kv in one.items()}
+
+
+def _hidden_states_after_prefix(config, params, prefix_P, tokens_BT, attention_mask_BT=None):
+    """``hidden_states`` of the rows after a shared prefix (see there)."""
+    B, T = tokens_BT.shape
+    P = prefix_P.shape[0]
+    if attention_mask_BT is None:
+        attention_mask_BT = jnp.ones((B, T), jnp.int32)
+    cache = prefix_cache(config, params, prefix_P, B, P + T)
+    positions_BT = P + default_positions(attention_mask_BT)
+    key_mask_BS = jnp.concatenate([jnp.ones((B, P), bool), attention_mask_BT.astype(bool)], axis=1)
+    allowed_BTS = (jnp.arange(P + T)[None, None, :] <= P + jnp.arange(T)[None, :, None]) & key_mask_BS[:, None, :]
+    x_BTD = params["embed_tokens"][tokens_BT]
+    x_BTD, _ = _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache, P)
     return rms_norm(x_BTD, params["norm"], config.rms_norm_eps)
 
 
@@ -365,30 +404,36 @@ def generate(
     prompt_BT: jax.Array,
     prompt_mask_BT: jax.Array,
     max_new_tokens: int,
+    prefix_P: jax.Array | None = None,
 ) -> jax.Array:
     """Greedy decoding with a KV cache; returns the new tokens [B, max_new_tokens].
 
     Prompts must be LEFT-padded (``prompt_mask`` 0 on the padding) so every row's last prompt
     token sits at column T-1. Rows keep decoding after an EOS; callers cut at the first EOS.
+    With ``prefix_P`` (int32 [P]) every prompt is ``[prefix, row]``: the prefix fills cache
+    columns [0, P) once for all rows (``prefix_cache``), the rows follow at positions P + their own.
     Jit with ``static_argnames=("config", "max_new_tokens")`` (``jaxcl.models.generate_jit``).
     """
     B, T = prompt_BT.shape
-    S = T + max_new_tokens
-    dtype = params["embed_tokens"].dtype
-    cache = init_cache(config, B, S, dtype)
-    key_mask_BS = jnp.zeros((B, S), bool).at[:, :T].set(prompt_mask_BT.astype(bool))
-    positions_BT = default_positions(prompt_mask_BT)
+    P = 0 if prefix_P is None else prefix_P.shape[0]
+    S = P + T + max_new_tokens
+    if prefix_P is None:
+        cache = init_cache(config, B, S, params["embed_tokens"].dtype)
+    else:
+        cache = prefix_cache(config, params, prefix_P, B, S)
+    key_mask_BS = jnp.zeros((B, S), bool).at[:, :P].set(True).at[:, P:P + T].set(prompt_mask_BT.astype(bool))
+    positions_BT = P + default_positions(prompt_mask_BT)
 
-    # prefill: all prompt tokens at once, cache columns [0, T)
-    allowed_BTS = jnp.tril(jnp.ones((T, S), bool))[None] & key_mask_BS[:, None, :]
+    # prefill: all prompt tokens at once, cache columns [P, P + T)
+    allowed_BTS = (jnp.arange(S)[None, None, :] <= P + jnp.arange(T)[None, :, None]) & key_mask_BS[:, None, :]
     x_BTD = params["embed_tokens"][prompt_BT]
-    x_BTD, cache = _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache, 0)
+    x_BTD, cache = _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache, P)
     h_BD = rms_norm(x_BTD[:, -1], params["norm"], config.rms_norm_eps)
     first_B = jnp.argmax(logits_from_hidden(config, params, h_BD), axis=-1).astype(jnp.int32)
 
     def step(carry, i):
         token_B, cache, key_mask_BS, pos_B = carry
-        index = T + i  # cache column of this token
+        index = P + T + i  # cache column of this token
         key_mask_BS = key_mask_BS.at[:, index].set(True)
         allowed_B1S = (jnp.arange(S)[None, None, :] <= index) & key_mask_BS[:, None, :]
         x_B1D = params["embed_tokens"][token_B][:, None]

@@ -35,7 +35,7 @@ attention with a key-padding mask, and logits = norm(x_L) @ lm_head (or @ embed_
 
 Shared prefix: when every row of a batch starts with the same P tokens (a task's instruction
 head), ``hidden_states`` and ``generate`` take them once as ``prefix_P`` and the rows without
-them: the prefix runs at batch 1 and its keys/values are broadcast to the B rows (``prefix_cache``),
+them: the prefix runs at batch 1 and its keys/values are broadcast to the B rows (``prefix_kv``),
 so a step costs P + B·T' tokens instead of B·(P + T'). The math is the same as on the full rows.
 """
 
@@ -234,6 +234,28 @@ def causal_attention(
     return jnp.concatenate(outs, axis=1)
 
 
+def packed_prefix_attention(
+    q_1NHE: jax.Array, k_1NKE: jax.Array, v_1NKE: jax.Array, allowed_RTS: jax.Array, P: int, R: int
+) -> jax.Array:
+    """Attention over a packed sequence N = P + R·T: a prefix of P tokens attends causally to
+    itself; each of the R rows of T tokens attends to the whole prefix and causally to its own
+    tokens (``allowed_RTS`` [R, T, P + T]: the rows' mask over [prefix keys; own keys]). The
+    prefix keys/values are broadcast to the rows, never copied per row in the packed sequence.
+    Returns [1, N, H·E], the same as attention over the R full rows [prefix; row]."""
+    _, N, H, E = q_1NHE.shape
+    T = (N - P) // R
+    out_1PX = causal_attention(q_1NHE[:, :P], k_1NKE[:, :P], v_1NKE[:, :P], jnp.tril(jnp.ones((P, P), bool))[None])
+
+    def rows(x_1NXE):
+        return x_1NXE[0, P:].reshape(R, T, *x_1NXE.shape[2:])
+
+    def with_prefix(x_1NKE):
+        return jnp.concatenate([jnp.broadcast_to(x_1NKE[:, :P], (R, P) + x_1NKE.shape[2:]), rows(x_1NKE)], axis=1)
+
+    out_RTX = causal_attention(rows(q_1NHE), with_prefix(k_1NKE), with_prefix(v_1NKE), allowed_RTS, key_offset=P)
+    return jnp.concatenate([out_1PX, out_RTX.reshape(1, R * T, H * E)], axis=1)
+
+
 def mlp(x_BTD: jax.Array, layer: Params) -> jax.Array:
     """SwiGLU: down(silu(x @ gate) * (x @ up))."""
     return linear(jax.nn.silu(linear(x_BTD, layer["gate_proj"])) * linear(x_BTD, layer["up_proj"]), layer["down_proj"])
@@ -247,9 +269,15 @@ def decoder_layer(
     allowed_BTS: jax.Array,
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """One pre-norm block. With ``kv_cache`` ([B, S, K, E] each) the new keys/values are written
-    at ``cache_index`` and attention runs over the whole cache."""
+    packed_prefix: tuple[int, int] | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """One pre-norm block; returns (x, keys/values). With ``kv_cache`` ([B, S, K, E] each) the new
+    keys/values are written at ``cache_index``, attention runs over the whole cache and the updated
+    cache is returned; otherwise the returned keys/values are this call's [B, T, K, E].
+
+    ``packed_prefix = (P, R)``: ``x`` is [1, P + R·T', D], a shared prefix of P tokens followed by R
+    rows of T' tokens, packed so that every projection and the MLP run as one matmul over all
+    tokens; attention is ``packed_prefix_attention`` (``allowed`` is then the rows' [R, T', P + T'])."""
     B, T, _ = x_BTD.shape
     H, K, E = config.num_heads, config.num_kv_heads, config.head_dim
     with jax.named_scope("attention"):
@@ -264,14 +292,16 @@ def decoder_layer(
             kv_cache = (k_BSKE, v_BSKE)
         else:
             k_BSKE, v_BSKE = k_BTKE, v_BTKE
-        if kv_cache is None or isinstance(cache_index, int):  # no cache, or a prefill at a static index
+        if packed_prefix is not None:
+            attended = packed_prefix_attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS, *packed_prefix)
+        elif kv_cache is None or isinstance(cache_index, int):  # no cache, or a prefill at a static index
             attended = causal_attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS, key_offset=cache_index or 0)
         else:  # a decoding step: T is 1
             attended = attention(q_BTHE, k_BSKE, v_BSKE, allowed_BTS)
         x_BTD = x_BTD + linear(attended, layer["o_proj"])  # heads flattened: [B, T, H·E]
     with jax.named_scope("mlp"):
         x_BTD = x_BTD + mlp(rms_norm(x_BTD, layer["post_attention_layernorm"], config.rms_norm_eps), layer)
-    return x_BTD, kv_cache
+    return x_BTD, kv_cache if kv_cache is not None else (k_BTKE, v_BTKE)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -282,11 +312,12 @@ def default_positions(attention_mask_BT: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask_BT, axis=-1) - 1, 0).astype(jnp.int32)
 
 
-def _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache=None, cache_index=None):
+def _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache=None, cache_index=None, packed_prefix=None):
+    """All layers: plain (or packed, see ``decoder_layer``), or over a KV ``cache`` (returned updated)."""
     layers = params["layers"]
     if cache is None:
         def body(x, layer):
-            return decoder_layer(config, layer, x, positions_BT, allowed_BTS)[0], None
+            return decoder_layer(config, layer, x, positions_BT, allowed_BTS, packed_prefix=packed_prefix)[0], None
 
         if config.scan_layers:
             x_BTD, _ = jax.lax.scan(body, x_BTD, layers)
@@ -329,7 +360,7 @@ def hidden_states(
     rows produce finite garbage that callers must ignore. With ``prefix_P`` (int32 [P], tokens
     that precede every row at positions 0..P-1), ``tokens_BT`` are the rows after that prefix, at
     positions P + their own: the result equals the last T columns of the run on the full rows
-    ``[prefix, row]``, computed with the prefix once (``prefix_cache``).
+    ``[prefix, row]``, computed with the prefix once (packed: ``packed_prefix_attention``).
     """
     if prefix_P is not None:
         return _hidden_states_after_prefix(config, params, prefix_P, tokens_BT, attention_mask_BT)
@@ -339,17 +370,27 @@ def hidden_states(
     return rms_norm(x_BTD, params["norm"], config.rms_norm_eps)
 
 
-def prefix_cache(config: LlamaConfig, params: Params, prefix_P: jax.Array, batch: int, length: int) -> dict[str, jax.Array]:
-    """KV cache [L, batch, length, K, E] whose columns [0, P) hold the keys/values of the shared
-    prefix (computed once at batch 1, positions 0..P-1, then broadcast to ``batch`` rows); the other
-    columns are zero. Gradients reach the prefix computation summed over the rows."""
+def prefix_keys_values(config: LlamaConfig, params: Params, prefix_P: jax.Array) -> dict[str, jax.Array]:
+    """Per-layer keys/values {"k", "v"}: [L, 1, P, K, E] of a prefix at positions 0..P-1, run once
+    (batch 1). Rows that follow it broadcast them (gradients reach the prefix summed over rows)."""
     P = prefix_P.shape[0]
-    one = init_cache(config, 1, P, params["embed_tokens"].dtype)
-    x_1PD = params["embed_tokens"][prefix_P][None]
+    positions_1P = jnp.arange(P, dtype=jnp.int32)[None]
     allowed_1PP = jnp.tril(jnp.ones((P, P), bool))[None]
-    _, one = _run_layers(config, params, x_1PD, jnp.arange(P, dtype=jnp.int32)[None], allowed_1PP, one, 0)
+
+    def body(x, layer):
+        return decoder_layer(config, layer, x, positions_1P, allowed_1PP)
+
+    _, (k_L1PKE, v_L1PKE) = jax.lax.scan(body, params["embed_tokens"][prefix_P][None], params["layers"])
+    return {"k": k_L1PKE, "v": v_L1PKE}
+
+
+def prefix_cache(config: LlamaConfig, params: Params, prefix_P: jax.Array, batch: int, length: int) -> dict[str, jax.Array]:
+    """KV cache [L, batch, length, K, E] whose columns [0, P) hold ``prefix_keys_values`` broadcast to
+    ``batch`` rows; the other columns are zero (``generate`` fills them)."""
+    P = prefix_P.shape[0]
     widths = ((0, 0), (0, 0), (0, length - P), (0, 0), (0, 0))
-    return {name: jnp.pad(jnp.broadcast_to(kv, (kv.shape[0], batch) + kv.shape[2:]), widths) for name, kv in one.items()}
+    return {name: jnp.pad(jnp.broadcast_to(kv, (kv.shape[0], batch) + kv.shape[2:]), widths)
+            for name, kv in prefix_keys_values(config, params, prefix_P).items()}
 
 
 def _hidden_states_after_prefix(config, params, prefix_P, tokens_BT, attention_mask_BT=None):
@@ -358,13 +399,15 @@ def _hidden_states_after_prefix(config, params, prefix_P, tokens_BT, attention_m
     P = prefix_P.shape[0]
     if attention_mask_BT is None:
         attention_mask_BT = jnp.ones((B, T), jnp.int32)
-    cache = prefix_cache(config, params, prefix_P, B, P + T)
+    D = config.hidden_size
     positions_BT = P + default_positions(attention_mask_BT)
     key_mask_BS = jnp.concatenate([jnp.ones((B, P), bool), attention_mask_BT.astype(bool)], axis=1)
     allowed_BTS = (jnp.arange(P + T)[None, None, :] <= P + jnp.arange(T)[None, :, None]) & key_mask_BS[:, None, :]
-    x_BTD = params["embed_tokens"][tokens_BT]
-    x_BTD, _ = _run_layers(config, params, x_BTD, positions_BT, allowed_BTS, cache, P)
-    return rms_norm(x_BTD, params["norm"], config.rms_norm_eps)
+    # pack [prefix; row 0; row 1; ...] as one sequence N = P + B·T so every matmul runs once over all tokens
+    x_1ND = jnp.concatenate([params["embed_tokens"][prefix_P], params["embed_tokens"][tokens_BT].reshape(B * T, D)])[None]
+    positions_1N = jnp.concatenate([jnp.arange(P, dtype=jnp.int32), positions_BT.reshape(B * T)])[None]
+    x_1ND, _ = _run_layers(config, params, x_1ND, positions_1N, allowed_BTS, packed_prefix=(P, B))
+    return rms_norm(x_1ND[0, P:].reshape(B, T, D), params["norm"], config.rms_norm_eps)
 
 
 def output_weight(config: LlamaConfig, params: Params) -> jax.Array:

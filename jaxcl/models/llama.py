@@ -35,8 +35,10 @@ attention with a key-padding mask, and logits = norm(x_L) @ lm_head (or @ embed_
 
 Shared prefix: when every row of a batch starts with the same P tokens (a task's instruction
 head), ``hidden_states`` and ``generate`` take them once as ``prefix_P`` and the rows without
-them: the prefix runs at batch 1 and its keys/values are broadcast to the B rows (``prefix_kv``),
-so a step costs P + B·T' tokens instead of B·(P + T'). The math is the same as on the full rows.
+them: training packs [prefix; rows] into one sequence of P + B·T' tokens whose rows attend to the
+prefix keys/values broadcast (``packed_prefix_attention``); ``generate`` fills the prefix's cache
+columns once (``prefix_cache``). A step costs P + B·T' tokens instead of B·(P + T'); the math is the
+same as on the full rows.
 """
 
 from __future__ import annotations
@@ -363,6 +365,8 @@ def hidden_states(
     ``[prefix, row]``, computed with the prefix once (packed: ``packed_prefix_attention``).
     """
     if prefix_P is not None:
+        if positions_BT is not None:
+            raise ValueError("hidden_states: positions_BT cannot be given with prefix_P (rows start at position P)")
         return _hidden_states_after_prefix(config, params, prefix_P, tokens_BT, attention_mask_BT)
     attention_mask_BT, positions_BT, allowed_BTS = _attention_inputs(tokens_BT, attention_mask_BT, positions_BT)
     x_BTD = params["embed_tokens"][tokens_BT]

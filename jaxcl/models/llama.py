@@ -176,7 +176,7 @@ def linear(x_BTI: jax.Array, w: jax.Array | LowRank) -> jax.Array:
 
     The leading axes are flattened first (``[B·T, I] @ [I, O]``): the weight gradient is then
     one 2-D matmul ``xᵀ dy``; with a 3-D ``x`` XLA's CPU backend copies ``dy`` into a transposed
-    layout first, which made every weight gradient ~1.4× slower (full fine-tuning, OSFT, LoRA).
+    layout first, which slowed every weight gradient (full fine-tuning, OSFT, LoRA's merged ΔW).
     """
     lead = x_BTI.shape[:-1]
     x_NI = x_BTI.reshape(-1, x_BTI.shape[-1])

@@ -62,6 +62,29 @@ def main():
     comparison = paper_comparison(by_method, args.benchmark, args.preset)
     (folder / "comparison.md").write_text(comparison)
     print(comparison)
+    train = train_terms_table(cells)
+    if train:
+        (folder / "train_terms.md").write_text(train)
+
+
+def train_terms_table(cells: list[Path]) -> str:
+    """Markdown: per run and task, the mean over the task's steps of the cross-entropy, of each
+    penalty term and of the gradient norm before clipping (the result files' ``"train"``, written
+    by ``run_grid.py``); runs without it are left out. Empty string when no run has it."""
+    lines = []
+    for f in cells:
+        m = json.loads(f.read_text())
+        for t in m.get("train", []):
+            mean = t["mean"]
+            penalties = ", ".join(f"{k} {v:.3g}" for k, v in sorted(mean.items()) if k not in ("ce", "loss", "grad_norm"))
+            lines.append(f"| {f.stem} | {t['task']} | {t['steps']} | {mean.get('ce', float('nan')):.3f} | "
+                         f"{penalties or '–'} | {mean.get('grad_norm', float('nan')):.3g} |")
+    if not lines:
+        return ""
+    head = ["Mean over each task's training steps (from the runs' log.jsonl; clipping to global norm 1.0 "
+            "scales every gradient whose norm is above 1).", "",
+            "| run | task | steps | cross-entropy | penalty terms | grad norm |", "|---|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"
 
 
 def order_balanced_mean(runs_by_order: dict[int, list[dict]], key: str, orders=None) -> float:

@@ -12,6 +12,11 @@ Regenerate tables/plots with `python experiments/make_tables.py`.
         --methods seqft,seqlora,inclora,olora,nlora,ella,oliera,jumplora,jumplora+olora,jumplora+ella,osft,mtl \
         [--preset quick] [--data-dir ../shared/cl_benchmark] [--max-cells N]
 
+Each result JSON also gets ``"train"``: per task, the mean over its steps of every logged loss
+term (cross-entropy, each penalty) and of the gradient norm (``train_summary``);
+``--backfill-train`` adds it to result files written before it existed, from their run's
+``log.jsonl`` when that is still on disk.
+
 ``--status`` prints each cell's state (done with its AA and minutes, running with its pid,
 interrupted with the tasks it has finished, or not started) and runs nothing.
 """
@@ -96,6 +101,43 @@ def cell_state(result_json: Path, run_dir: Path, lock: Path) -> str:
     return "not started" if finished is None else f"interrupted{where}: resumes on the next call"
 
 
+_LOG_BOOKKEEPING = {"task", "task_name", "step", "time_s", "tokens_per_s", "shared_prefix", "event", "accuracy", "after_task"}
+
+
+def train_summary(log_jsonl: Path) -> list[dict]:
+    """Per task of a run's ``log.jsonl``: its name, steps and the mean of each logged number
+    (``loss``, ``ce``, every penalty term, ``grad_norm``) over its steps. A step logged twice
+    (a resumed run repeats the steps after its last checkpoint) counts once, the later entry."""
+    steps: dict[int, dict[int, dict]] = {}
+    names: dict[int, str] = {}
+    for line in log_jsonl.read_text().splitlines():
+        row = json.loads(line)
+        if "event" in row or "step" not in row or "task" not in row:
+            continue
+        steps.setdefault(row["task"], {})[row["step"]] = row
+        names[row["task"]] = row.get("task_name", str(row["task"]))
+    out = []
+    for task in sorted(steps):
+        rows = list(steps[task].values())
+        keys = sorted({k for r in rows for k, v in r.items()
+                       if k not in _LOG_BOOKKEEPING and isinstance(v, (int, float))})
+        means = {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
+        out.append({"task": names[task], "steps": len(rows), "mean": means})
+    return out
+
+
+def backfill_train(benchmark: str, folder: str) -> None:
+    """Add ``"train"`` to result files that lack it, from their run's log.jsonl if still on disk."""
+    for result_json in sorted((HERE / "results" / benchmark / folder).glob("*_o*_s*.json")):
+        m = json.loads(result_json.read_text())
+        log = HERE / "runs" / benchmark / folder / result_json.stem / "log.jsonl"
+        if "train" in m or not log.is_file():
+            continue
+        m["train"] = train_summary(log)
+        result_json.write_text(json.dumps(m, indent=1))
+        print(f"{result_json.name}: train summary added from {log.relative_to(HERE)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--benchmark", default="standard")
@@ -106,19 +148,34 @@ def main():
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--max-cells", type=int, default=None, help="stop after this many cells (session budget)")
     ap.add_argument("--status", action="store_true", help="print each cell's state and run nothing")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a method hyper-parameter for every cell (as `jaxcl run --set`); needs --tag")
+    ap.add_argument("--tag", default=None,
+                    help="a variant's name: its cells go to results/<benchmark>/<preset>-<tag>/ (and runs/…), "
+                         "apart from the grid's")
+    ap.add_argument("--backfill-train", action="store_true",
+                    help="add the per-task training summary to existing result files, run nothing else")
     args = ap.parse_args()
+
+    if args.set and not args.tag:
+        ap.error("--set changes the method: give the variant a --tag so its results stay apart from the grid's")
+    folder = args.preset if args.tag is None else f"{args.preset}-{args.tag}"
+    if args.backfill_train:
+        backfill_train(args.benchmark, folder)
+        return
 
     if args.status:
         for order in map(int, args.orders.split(",")):
             for seed in map(int, args.seeds.split(",")):
                 for method in args.methods.split(","):
                     cell = f"{method}_o{order}_s{seed}"
-                    run_dir = HERE / "runs" / args.benchmark / args.preset / cell
-                    result_json = HERE / "results" / args.benchmark / args.preset / f"{cell}.json"
+                    run_dir = HERE / "runs" / args.benchmark / folder / cell
+                    result_json = HERE / "results" / args.benchmark / folder / f"{cell}.json"
                     print(f"{cell:24s} {cell_state(result_json, run_dir, run_dir.with_name(f'{cell}.lock'))}")
         return
 
     from jaxcl.engine import RunConfig, run_experiment
+    from jaxcl.methods import parse_hyperparams
     import jaxcl
 
     model = None
@@ -127,18 +184,19 @@ def main():
         for seed in map(int, args.seeds.split(",")):
             for method in args.methods.split(","):
                 cell = f"{method}_o{order}_s{seed}"
-                result_json = HERE / "results" / args.benchmark / args.preset / f"{cell}.json"
+                result_json = HERE / "results" / args.benchmark / folder / f"{cell}.json"
                 if result_json.is_file():
                     continue
                 if args.max_cells is not None and done >= args.max_cells:
                     return
                 model = model or jaxcl.load_pretrained("smollm2-135m")
-                run_dir = HERE / "runs" / args.benchmark / args.preset / cell
+                run_dir = HERE / "runs" / args.benchmark / folder / cell
                 if not claim(run_dir.with_name(f"{cell}.lock")):
                     print(f"{cell}: another grid process is running it; skipped", flush=True)
                     continue
                 lr = CPU_PRESET_LR.get(method) if args.preset.startswith("quick") else None
                 config = RunConfig(method=method, benchmark=args.benchmark, order=order, seed=seed,
+                                   method_kwargs=tuple(sorted(parse_hyperparams(args.set).items())),
                                    preset=args.preset, data_dir=args.data_dir, learning_rate=lr)
                 t0 = time.time()
                 resume = (run_dir / "config.json").is_file()
@@ -147,6 +205,7 @@ def main():
                 m = json.loads((run_dir / "metrics.json").read_text())
                 m["wall_time_s"] = time.time() - t0  # this call only: a resumed cell's earlier part is not in it
                 m["resumed"] = resume
+                m["train"] = train_summary(run_dir / "log.jsonl")
                 m.pop("evals", None)
                 result_json.write_text(json.dumps(m, indent=1))
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

@@ -1,5 +1,6 @@
 """experiments/run_grid.py: the per-cell lock that lets two grid processes share a method list,
-and the ``--status`` view of where each cell stands."""
+the ``--status`` view of where each cell stands, the per-task training summary kept in each result
+file, and a ``--set`` variant that must carry a ``--tag``."""
 
 import json
 import os
@@ -64,3 +65,28 @@ def test_cell_state(run_grid, tmp_path):
     result.parent.mkdir(parents=True)
     result.write_text(json.dumps({"summary": {"average_accuracy": 0.5812}, "wall_time_s": 600}))
     assert run_grid.cell_state(result, run_dir, lock) == "done: AA 58.1, 10 min"
+
+
+def test_train_summary_means_each_task_and_counts_a_resumed_step_once(run_grid, tmp_path):
+    log = tmp_path / "log.jsonl"
+    rows = [
+        {"task": 0, "task_name": "dbpedia", "step": 0, "time_s": 9.0, "ce": 2.0, "grad_norm": 1.0, "loss": 2.0},
+        {"task": 0, "task_name": "dbpedia", "step": 1, "time_s": 4.0, "ce": 1.0, "grad_norm": 3.0, "loss": 1.0},
+        {"event": "eval", "after_task": 0, "accuracy": 0.8},
+        {"task": 1, "task_name": "amazon", "step": 0, "ce": 1.5, "orth/orth": 4.0, "loss": 5.5, "grad_norm": 9.0},
+        {"task": 1, "task_name": "amazon", "step": 1, "ce": 9.0, "orth/orth": 9.0, "loss": 18.0, "grad_norm": 9.0},
+        # resumed from the checkpoint after step 0: step 1 is logged again; the later entry counts
+        {"task": 1, "task_name": "amazon", "step": 1, "ce": 0.5, "orth/orth": 2.0, "loss": 2.5, "grad_norm": 5.0},
+    ]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = run_grid.train_summary(log)
+    assert [(t["task"], t["steps"]) for t in out] == [("dbpedia", 2), ("amazon", 2)]
+    assert out[0]["mean"] == {"ce": 1.5, "grad_norm": 2.0, "loss": 1.5}  # time_s and the eval row left out
+    assert out[1]["mean"] == {"ce": 1.0, "grad_norm": 7.0, "loss": 4.0, "orth/orth": 3.0}
+
+
+def test_set_without_tag_is_refused(run_grid, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["run_grid.py", "--set", "lam=0.1", "--status"])
+    with pytest.raises(SystemExit):
+        run_grid.main()
+    assert "--tag" in capsys.readouterr().err

@@ -34,12 +34,12 @@ def main():
         raise SystemExit(f"no results in {folder}; run experiments/run_grid.py first")
     by_method: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     (folder / "heatmaps").mkdir(exist_ok=True)
-    for f in cells:
-        m = json.loads(f.read_text())
+    runs = {f.stem: json.loads(f.read_text()) for f in cells}
+    for stem, m in runs.items():
         method, order = m["config"]["method"], m["config"]["order"]
         by_method[method][order].append(m["summary"])
         R = np.array([[np.nan if v is None else v for v in row] for row in m["R"]])
-        plots.plot_accuracy_matrix(R, m["tasks"], folder / "heatmaps" / f"{f.stem}.png", title=f.stem)
+        plots.plot_accuracy_matrix(R, m["tasks"], folder / "heatmaps" / f"{stem}.png", title=stem)
     orders = sorted({o for d in by_method.values() for o in d})
     lines = ["| method | " + " | ".join(f"order {o} AA" for o in orders) + " | mean AA | mean BWT | mean forgetting | seeds |",
              "|---" * (len(orders) + 5) + "|"]
@@ -62,22 +62,22 @@ def main():
     comparison = paper_comparison(by_method, args.benchmark, args.preset)
     (folder / "comparison.md").write_text(comparison)
     print(comparison)
-    train = train_terms_table(cells)
+    train = train_terms_table(runs)
     if train:
         (folder / "train_terms.md").write_text(train)
 
 
-def train_terms_table(cells: list[Path]) -> str:
+def train_terms_table(runs: dict[str, dict]) -> str:
     """Markdown: per run and task, the mean over the task's steps of the cross-entropy, of each
     penalty term and of the gradient norm before clipping (the result files' ``"train"``, written
-    by ``run_grid.py``); runs without it are left out. Empty string when no run has it."""
+    by ``run_grid.py``) of ``runs`` (result-file stem -> its contents); runs without it are left
+    out. Empty string when no run has it."""
     lines = []
-    for f in cells:
-        m = json.loads(f.read_text())
+    for stem, m in runs.items():
         for t in m.get("train", []):
             mean = t["mean"]
             penalties = ", ".join(f"{k} {v:.3g}" for k, v in sorted(mean.items()) if k not in ("ce", "loss", "grad_norm"))
-            lines.append(f"| {f.stem} | {t['task']} | {t['steps']} | {mean.get('ce', float('nan')):.3f} | "
+            lines.append(f"| {stem} | {t['task']} | {t['steps']} | {mean.get('ce', float('nan')):.3f} | "
                          f"{penalties or '–'} | {mean.get('grad_norm', float('nan')):.3g} |")
     if not lines:
         return ""

@@ -83,6 +83,11 @@ def lock_holder(lock: Path) -> int | None:
         return pid
 
 
+def cell_paths(benchmark: str, folder: str, cell: str) -> tuple[Path, Path]:
+    """(result file, run directory) of one cell; ``folder`` is the preset, or ``<preset>-<tag>``."""
+    return HERE / "results" / benchmark / folder / f"{cell}.json", HERE / "runs" / benchmark / folder / cell
+
+
 def cell_state(result_json: Path, run_dir: Path, lock: Path) -> str:
     """One line saying where a cell stands (see ``--status``)."""
     if result_json.is_file():
@@ -130,7 +135,7 @@ def backfill_train(benchmark: str, folder: str) -> None:
     """Add ``"train"`` to result files that lack it, from their run's log.jsonl if still on disk."""
     for result_json in sorted((HERE / "results" / benchmark / folder).glob("*_o*_s*.json")):
         m = json.loads(result_json.read_text())
-        log = HERE / "runs" / benchmark / folder / result_json.stem / "log.jsonl"
+        log = cell_paths(benchmark, folder, result_json.stem)[1] / "log.jsonl"
         if "train" in m or not log.is_file():
             continue
         m["train"] = train_summary(log)
@@ -169,8 +174,7 @@ def main():
             for seed in map(int, args.seeds.split(",")):
                 for method in args.methods.split(","):
                     cell = f"{method}_o{order}_s{seed}"
-                    run_dir = HERE / "runs" / args.benchmark / folder / cell
-                    result_json = HERE / "results" / args.benchmark / folder / f"{cell}.json"
+                    result_json, run_dir = cell_paths(args.benchmark, folder, cell)
                     print(f"{cell:24s} {cell_state(result_json, run_dir, run_dir.with_name(f'{cell}.lock'))}")
         return
 
@@ -178,25 +182,25 @@ def main():
     from jaxcl.methods import parse_hyperparams
     import jaxcl
 
+    method_kwargs = tuple(sorted(parse_hyperparams(args.set).items()))
     model = None
     done = 0
     for order in map(int, args.orders.split(",")):
         for seed in map(int, args.seeds.split(",")):
             for method in args.methods.split(","):
                 cell = f"{method}_o{order}_s{seed}"
-                result_json = HERE / "results" / args.benchmark / folder / f"{cell}.json"
+                result_json, run_dir = cell_paths(args.benchmark, folder, cell)
                 if result_json.is_file():
                     continue
                 if args.max_cells is not None and done >= args.max_cells:
                     return
                 model = model or jaxcl.load_pretrained("smollm2-135m")
-                run_dir = HERE / "runs" / args.benchmark / folder / cell
                 if not claim(run_dir.with_name(f"{cell}.lock")):
                     print(f"{cell}: another grid process is running it; skipped", flush=True)
                     continue
                 lr = CPU_PRESET_LR.get(method) if args.preset.startswith("quick") else None
                 config = RunConfig(method=method, benchmark=args.benchmark, order=order, seed=seed,
-                                   method_kwargs=tuple(sorted(parse_hyperparams(args.set).items())),
+                                   method_kwargs=method_kwargs,
                                    preset=args.preset, data_dir=args.data_dir, learning_rate=lr)
                 t0 = time.time()
                 resume = (run_dir / "config.json").is_file()

@@ -36,17 +36,13 @@ def test_comparison_ranks_on_the_orders_every_method_ran(make_tables):
     assert rows["olora"][5].strip() == "75.4"  # the paper's order-1 value, not its 3-order mean
 
 
-def test_train_terms_table_lists_each_task_of_runs_that_have_it(make_tables, tmp_path):
-    import json
-
-    with_train = tmp_path / "olora_o1_s0.json"
-    with_train.write_text(json.dumps({"train": [
+def test_train_terms_table_lists_each_task_of_runs_that_have_it(make_tables):
+    with_train = {"train": [
         {"task": "dbpedia", "steps": 25, "mean": {"ce": 1.25, "loss": 1.25, "orthogonal/orth": 0.0, "grad_norm": 4.0}},
         {"task": "amazon", "steps": 25, "mean": {"ce": 0.5, "loss": 6.25, "orthogonal/orth": 5.75, "grad_norm": 19.0}},
-    ]}))
-    without = tmp_path / "seqft_o1_s0.json"
-    without.write_text(json.dumps({"summary": {}}))
-    assert make_tables.train_terms_table([without]) == ""
-    lines = make_tables.train_terms_table([with_train, without]).splitlines()
+    ]}
+    without = {"summary": {}}
+    assert make_tables.train_terms_table({"seqft_o1_s0": without}) == ""
+    lines = make_tables.train_terms_table({"olora_o1_s0": with_train, "seqft_o1_s0": without}).splitlines()
     assert "| olora_o1_s0 | amazon | 25 | 0.500 | orthogonal/orth 5.75 | 19 |" in lines
     assert sum(line.startswith("| olora_o1_s0") for line in lines) == 2 and not any("seqft" in line for line in lines)

@@ -10,7 +10,13 @@ Median of --runs steps after a warm-up step (which includes compilation, reporte
 A method may carry hyper-parameter overrides, ``name:key=value:key=value`` (Python literals), e.g.
 ``osft:project_gradients=False`` (the final update projected, not the gradient).
 
-    python experiments/bench_methods.py [--batch 8] [--seq 128] [--runs 5] [--methods a,b] [--out FILE]
+``--memory`` times nothing: it compiles each method's step for the same batch and reports XLA's
+memory analysis of it (temporaries: activations kept for the backward pass and scratch; arguments:
+weights, trainables, optimizer state, memories, batch), against the same reference. It needs no
+quiet machine, and the header names the jaxcl checkout measured, so
+``PYTHONPATH=<another checkout> python experiments/bench_methods.py --memory`` measures another revision.
+
+    python experiments/bench_methods.py [--batch 8] [--seq 128] [--runs 5] [--methods a,b] [--memory] [--out FILE]
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -35,12 +43,24 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, parse_hyperparams(overrides)
 
 
+def jaxcl_revision(jaxcl) -> str:
+    """The imported jaxcl's checkout and git commit (with "+changes" when its tree differs from it)."""
+    root = Path(jaxcl.__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "jaxcl"], capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(root)
+    return f"{root.name} @ {rev}" + ("+changes" if dirty else "")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--methods", default=None, help="comma-separated (default: all registered)")
+    ap.add_argument("--memory", action="store_true", help="XLA memory of each compiled step instead of timings")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -68,8 +88,8 @@ def main():
         if ref not in names:
             names.insert(0, ref)
 
-    rows = {}
-    for name in names:
+    def second_task(name):
+        """(params, memory, trainable, opt_state, step, begin_task seconds) at task 2 of a stream."""
         base_name, overrides = parse_method(name)
         method = get_method(base_name, **overrides)
         params, memory = base, method.init_memory(base)
@@ -85,7 +105,24 @@ def main():
         params, memory, tr, _, opt, step = start_task(method, cfg, params, memory, t2, default_optimizer(1e-4),
                                                       jax.random.PRNGKey(2))
         jax.block_until_ready((memory, tr, opt))
-        begin_s = time.perf_counter() - t0
+        return params, memory, tr, opt, step, time.perf_counter() - t0
+
+    def reference(name):
+        return FULL_REF if parse_method(name)[0] in FULL_METHODS else ADAPTER_REF
+
+    header = [f"Train step on SmolLM2-135M, batch {B} x {T}, float32, second task of a stream; "
+              + ("XLA memory analysis of the compiled step" if args.memory else f"median of {args.runs} steps"),
+              f"device: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform}); "
+              f"jaxcl: {jaxcl_revision(jaxcl)}", ""]
+    rows = {}
+    for name in names:
+        params, memory, tr, opt, step, begin_s = second_task(name)
+        if args.memory:
+            analysis = step.lower(tr, opt, params, memory, batch, 0, 10).compile().memory_analysis()
+            rows[name] = (analysis.temp_size_in_bytes / 2**20, analysis.argument_size_in_bytes / 2**20)
+            print(f"{name}: temporaries {rows[name][0]:,.0f} MiB, arguments {rows[name][1]:,.0f} MiB", flush=True)
+            del tr, opt, step, memory, params
+            continue
         t0 = time.perf_counter()
         tr, opt, m = step(tr, opt, params, memory, batch, 0, 10)
         jax.block_until_ready(tr)
@@ -102,18 +139,19 @@ def main():
               f"{rows[name][3] / 1e6:.1f} M trained, {rows[name][4] / 1e6:.1f} M optimizer-state floats)", flush=True)
         del tr, opt, step, memory, params
 
-    lines = [
-        f"Train step on SmolLM2-135M, batch {B} x {T}, float32, second task of a stream; median of {args.runs} steps",
-        f"device: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform})",
-        "",
-        "| method | reference | step (s) | vs reference | first step incl. compile (s) | begin_task (s) "
-        "| trained floats | optimizer-state floats |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, (first_s, step_s, begin_s, n_train, n_opt) in rows.items():
-        ref = FULL_REF if parse_method(name)[0] in FULL_METHODS else ADAPTER_REF
-        lines.append(f"| {name} | {ref} | {step_s:.3f} | {step_s / rows[ref][1]:.2f}x | {first_s:.1f} | {begin_s:.2f} "
-                     f"| {n_train / 1e6:.1f} M | {n_opt / 1e6:.1f} M |")
+    if args.memory:
+        lines = header + ["| method | reference | temporaries (MiB) | vs reference | arguments (MiB) | vs reference |",
+                          "|---|---|---|---|---|---|"]
+        for name, (temp, arg) in rows.items():
+            ref = rows[reference(name)]
+            lines.append(f"| {name} | {reference(name)} | {temp:,.0f} | {temp / ref[0]:.2f}x | {arg:,.0f} | {arg / ref[1]:.2f}x |")
+    else:
+        lines = header + ["| method | reference | step (s) | vs reference | first step incl. compile (s) | begin_task (s) "
+                          "| trained floats | optimizer-state floats |",
+                          "|---|---|---|---|---|---|---|---|"]
+        for name, (first_s, step_s, begin_s, n_train, n_opt) in rows.items():
+            lines.append(f"| {name} | {reference(name)} | {step_s:.3f} | {step_s / rows[reference(name)][1]:.2f}x | "
+                         f"{first_s:.1f} | {begin_s:.2f} | {n_train / 1e6:.1f} M | {n_opt / 1e6:.1f} M |")
     text = "\n".join(lines)
     print(text)
     if args.out:

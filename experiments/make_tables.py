@@ -25,7 +25,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--benchmark", default="standard")
     ap.add_argument("--preset", default="quick")
+    ap.add_argument("--sweep", metavar="METHOD:KEY", help="instead: tabulate METHOD's runs over the values of its "
+                    "hyper-parameter KEY, from the preset's folder and its run_grid --tag variants (<preset>-*)")
     args = ap.parse_args()
+    if args.sweep:
+        method, _, key = args.sweep.partition(":")
+        out = HERE / "results" / args.benchmark / f"sweep_{method}_{key}.md"
+        out.write_text(sweep_table(HERE / "results" / args.benchmark, args.preset, method, key))
+        print(out.read_text())
+        return
     from jaxcl.eval import plots
 
     folder = HERE / "results" / args.benchmark / args.preset
@@ -85,6 +93,55 @@ def train_terms_table(runs: dict[str, dict]) -> str:
             "scales every gradient whose norm is above 1).", "",
             "| run | task | steps | cross-entropy | penalty terms | grad norm |", "|---|---|---|---|---|---|"]
     return "\n".join(head + lines) + "\n"
+
+
+def sweep_table(root: Path, preset: str, method: str, key: str) -> str:
+    """Markdown: ``method``'s runs grouped by the value of its hyper-parameter ``key`` (its
+    ``method_kwargs`` entry, else the method's default), from ``root/<preset>`` and every
+    ``root/<preset>-<tag>`` folder (``root``: a benchmark's results folder): AA per order (seed mean), mean AA and BWT over the orders the
+    row has, and the cross-entropy and penalty terms averaged over the tasks after the first (each
+    task's mean over its steps)."""
+    from jaxcl.methods import method_defaults
+
+    defaults = method_defaults(method)  # an unknown method fails here, naming the known ones
+    if key not in defaults:
+        raise SystemExit(f"{method} has no hyper-parameter {key!r}; it has {', '.join(defaults)}")
+    default = defaults[key]
+    rows: dict[float, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    folders = {}
+    for folder in [root / preset, *sorted(root.glob(f"{preset}-*"))]:
+        for f in sorted(folder.glob(f"{method}_o*_s*.json")):
+            m = json.loads(f.read_text())
+            if m["config"]["method"] != method:
+                continue
+            value = m["config"].get("method_kwargs", {}).get(key, default)
+            rows[value][m["config"]["order"]].append(m)
+            folders.setdefault(value, set()).add(f.parent.name)
+    if not rows:
+        raise SystemExit(f"no {method} results under {root}/{preset}[-*]")
+    orders = sorted({o for d in rows.values() for o in d})
+    lines = [f"{method}: average accuracy (%) after the last task against `{key}` (default {default}), "
+             f"benchmark {root.name!r}, preset {preset!r}; per order the mean over seeds (seeds in brackets); means "
+             "over orders only for rows that have every order. "
+             "Cross-entropy and penalty: each task's mean over its steps, averaged over the tasks after the first "
+             "(of the runs whose result file has them).", "",
+             f"| {key} | " + " | ".join(f"order {o} AA" for o in orders)
+             + " | mean AA | mean BWT | cross-entropy | penalty | results folder |",
+             "|---" * (len(orders) + 6) + "|"]
+    for value, d in sorted(rows.items()):
+        cols = []
+        for o in orders:
+            aa = [100 * m["summary"]["average_accuracy"] for m in d.get(o, [])]
+            cols.append("–" if not aa else f"{np.mean(aa):.1f}" + (f" ({len(aa)})" if len(aa) > 1 else ""))
+        summaries = {o: [m["summary"] for m in ms] for o, ms in d.items()}
+        later = [t["mean"] for ms in d.values() for m in ms for t in m.get("train", [])[1:]]
+        ce = np.mean([t["ce"] for t in later]) if later else float("nan")
+        pen = np.mean([t["loss"] - t["ce"] for t in later]) if later else float("nan")
+        complete = set(d) == set(orders)  # means only over the same orders as the other rows
+        aa, bwt = (f"{order_balanced_mean(summaries, k):.1f}" if complete else "–" for k in ("average_accuracy", "backward_transfer"))
+        lines.append(f"| {value:g} | " + " | ".join(cols) + f" | {aa} | {bwt} | {ce:.3g} | {pen:.3g} | "
+                     f"{', '.join(sorted(folders[value]))} |")
+    return "\n".join(lines) + "\n"
 
 
 def order_balanced_mean(runs_by_order: dict[int, list[dict]], key: str, orders=None) -> float:

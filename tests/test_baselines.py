@@ -11,7 +11,7 @@ import pytest
 from jaxcl.batch import collate_train
 from jaxcl.core import Part, TaskInfo, compose
 from jaxcl.fit import answer_logits, answer_loss, fit_task, method_loss
-from jaxcl.methods import available_methods, get_method
+from jaxcl.methods import available_methods, get_method, method_defaults
 from jaxcl.methods import RECOMMENDED_LR, recommended_learning_rate
 from jaxcl.models import llama
 
@@ -63,6 +63,13 @@ def test_hyperparameter_overrides_and_recommended_lr():
     assert recommended_learning_rate("seqft", 0) == 1e-3 and recommended_learning_rate("seqft", 3) == 1e-4
     assert set(PRESETS) <= set(RECOMMENDED_LR)
     assert recommended_learning_rate("nope") is None
+
+
+def test_method_defaults_are_the_factories_keyword_defaults():
+    assert method_defaults("olora")["lam1"] == 0.5 and method_defaults("olora")["rank"] == 8
+    assert method_defaults("oliera")["lam"] == 0.5
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        method_defaults("nope")
     with pytest.raises(ValueError, match="lamda"):
         get_method("olora", lamda=1.0)  # a misspelt hyper-parameter is an error, not ignored
 

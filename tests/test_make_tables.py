@@ -46,3 +46,34 @@ def test_train_terms_table_lists_each_task_of_runs_that_have_it(make_tables):
     lines = make_tables.train_terms_table({"olora_o1_s0": with_train, "seqft_o1_s0": without}).splitlines()
     assert "| olora_o1_s0 | amazon | 25 | 0.500 | orthogonal/orth 5.75 | 19 |" in lines
     assert sum(line.startswith("| olora_o1_s0") for line in lines) == 2 and not any("seqft" in line for line in lines)
+
+
+def test_sweep_table_groups_runs_by_the_hyperparameter_value(make_tables, tmp_path):
+    import json
+
+    def cell(folder, order, seed, aa, lam=None):
+        kwargs = {} if lam is None else {"lam": lam}
+        train = [{"task": "a", "steps": 2, "mean": {"ce": 2.0, "loss": 2.0}},
+                 {"task": "b", "steps": 2, "mean": {"ce": 0.5, "loss": 0.5 + (lam or 0.5) * 10}}]
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"oliera_o{order}_s{seed}.json").write_text(json.dumps({
+            "config": {"method": "oliera", "order": order, "method_kwargs": kwargs},
+            "summary": run(aa, -0.02), "train": train}))
+
+    cell("quick", 1, 0, 0.40)  # the default lam (0.5)
+    cell("quick", 2, 0, 0.50)
+    cell("quick-lam0.01", 1, 0, 0.60, lam=0.01)
+    cell("quick-lam0.01", 1, 1, 0.70, lam=0.01)
+    cell("quick-lam0.01", 2, 0, 0.50, lam=0.01)
+    cell("quick-lam0.1", 2, 0, 0.55, lam=0.1)  # order 2 only: no mean over orders
+    cell("other", 1, 0, 0.99, lam=0.01)  # not a variant of the preset: ignored
+    text = make_tables.sweep_table(tmp_path, "quick", "oliera", "lam")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert "default 0.5" in text
+    assert rows["0.5"][:5] == ["40.0", "50.0", "45.0", "-2.0", "0.5"]
+    assert rows["0.01"][:3] == ["65.0 (2)", "50.0", "57.5"]  # order 1 mean of two seeds, then over orders
+    assert rows["0.01"][5] == "0.1" and rows["0.01"][6] == "quick-lam0.01"  # penalty of the later task only
+    assert rows["0.1"][:4] == ["–", "55.0", "–", "–"]
+    with pytest.raises(ValueError, match="unknown method"):
+        make_tables.sweep_table(tmp_path, "quick", "nope", "lam")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 from typing import Any, Callable, Iterable
 
 from jaxcl.core import Method
@@ -43,6 +44,17 @@ def available_methods() -> dict[str, str]:
     return {k: v[1] for k, v in sorted(_REGISTRY.items())}
 
 
+def method_defaults(name: str) -> dict[str, Any]:
+    """{hyper-parameter: default} of preset ``name`` (what ``get_method(name)`` uses when not overridden).
+
+    Raises ValueError naming the known methods for an unknown name."""
+    _load()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    return {k: p.default for k, p in inspect.signature(_REGISTRY[name][0]).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 # The papers' learning rates per preset: (first task, later tasks). Preset modules add theirs.
 RECOMMENDED_LR: dict[str, tuple[float, float]] = {}
 
@@ -61,9 +73,7 @@ def get_method(name: str, **hyperparams) -> Method:
 
     Raises ValueError naming the known methods for an unknown name.
     """
-    _load()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    method_defaults(name)  # an unknown name fails here
     try:
         method = _REGISTRY[name][0](**hyperparams)
     except TypeError as e:  # an unknown or missing keyword

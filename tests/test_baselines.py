@@ -63,6 +63,8 @@ def test_hyperparameter_overrides_and_recommended_lr():
     assert recommended_learning_rate("seqft", 0) == 1e-3 and recommended_learning_rate("seqft", 3) == 1e-4
     assert set(PRESETS) <= set(RECOMMENDED_LR)
     assert recommended_learning_rate("nope") is None
+    with pytest.raises(ValueError, match="lamda"):
+        get_method("olora", lamda=1.0)  # a misspelt hyper-parameter is an error, not ignored
 
 
 def test_method_defaults_are_the_factories_keyword_defaults():
@@ -70,8 +72,6 @@ def test_method_defaults_are_the_factories_keyword_defaults():
     assert method_defaults("oliera")["lam"] == 0.5
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         method_defaults("nope")
-    with pytest.raises(ValueError, match="lamda"):
-        get_method("olora", lamda=1.0)  # a misspelt hyper-parameter is an error, not ignored
 
 
 # ----------------------------------------------------------------------------- LoRA algebra

@@ -238,8 +238,8 @@ def _attend_block(q_BKGTE, k_BKSE, v_BKSE, allowed_BTS, start: int, end: int, ke
     Rematerialised except for the softmax output: the backward pass keeps the probabilities and
     re-slices the queries, keys and values from the whole arrays (which every block shares)
     instead of storing each block's key prefix as a residual; a causal loop over T = 512 in blocks
-    of 64 would otherwise store 4.5 copies of k and v per layer (XLA temp memory of a training step −17–21% for
-    SmolLM2-135M at 4 × 512, no slower)."""
+    of 64 would otherwise store 4.5 copies of k and v per layer (a training step's XLA temporaries
+    for SmolLM2-135M at 4 × 512: −17–21%, ``experiments/bench_methods.py --memory``; no slower)."""
     return _attend(q_BKGTE[:, :, :, start:end], k_BKSE[:, :, :keys], v_BKSE[:, :, :keys], allowed_BTS[:, start:end, :keys])
 
 

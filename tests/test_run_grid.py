@@ -1,6 +1,6 @@
 """experiments/run_grid.py: the per-cell lock that lets two grid processes share a method list,
 the ``--status`` view of where each cell stands, the per-task training summary kept in each result
-file, and a ``--set`` variant that must carry a ``--tag``."""
+file, a ``--set`` variant that must carry a ``--tag``, and the CPU presets' per-method settings."""
 
 import json
 import os
@@ -90,3 +90,16 @@ def test_set_without_tag_is_refused(run_grid, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         run_grid.main()
     assert "--tag" in capsys.readouterr().err
+
+
+def test_cell_config_applies_cpu_preset_settings_and_set_overrides_them(run_grid):
+    quick = run_grid.cell_config("oliera", "standard", "quick", 1, 0, {}, None)
+    assert dict(quick.method_kwargs) == {"lam": 1e-3} and quick.learning_rate == 1e-2
+    swept = run_grid.cell_config("oliera", "standard", "quick", 1, 0, {"lam": 0.5, "order": 1}, None)
+    assert dict(swept.method_kwargs) == {"lam": 0.5, "order": 1}
+    long = run_grid.cell_config("oliera", "long", "quick-long", 4, 0, {}, "data")
+    assert dict(long.method_kwargs) == {"lam": 1e-3} and long.data_dir == "data"
+    paper = run_grid.cell_config("oliera", "standard", "paper", 1, 0, {}, None)
+    assert paper.method_kwargs == () and paper.learning_rate is None  # the method's and preset's own
+    osft = run_grid.cell_config("osft", "standard", "quick", 2, 1, {}, None)
+    assert osft.method_kwargs == () and osft.learning_rate == 1e-4 and (osft.order, osft.seed) == (2, 1)

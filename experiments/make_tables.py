@@ -137,11 +137,11 @@ def sweep_table(root: Path, preset: str, method: str, key: str) -> str:
             cols.append("–" if not aa else f"{np.mean(aa):.1f}" + (f" ({len(aa)})" if len(aa) > 1 else ""))
         summaries = {o: [m["summary"] for m in ms] for o, ms in d.items()}
         later = [t["mean"] for ms in d.values() for m in ms for t in m.get("train", [])[1:]]
-        ce = np.mean([t["ce"] for t in later]) if later else float("nan")
-        pen = np.mean([t["loss"] - t["ce"] for t in later]) if later else float("nan")
+        ce, pen = (f"{np.mean([t['ce'] for t in later]):.3g}", f"{np.mean([t['loss'] - t['ce'] for t in later]):.3g}") \
+            if later else ("–", "–")  # no run of this row kept its training log
         complete = set(d) == set(orders)  # means only over the same orders as the other rows
         aa, bwt = (f"{order_balanced_mean(summaries, k):.1f}" if complete else "–" for k in ("average_accuracy", "backward_transfer"))
-        lines.append(f"| {value:g} | " + " | ".join(cols) + f" | {aa} | {bwt} | {ce:.3g} | {pen:.3g} | "
+        lines.append(f"| {value:g} | " + " | ".join(cols) + f" | {aa} | {bwt} | {ce} | {pen} | "
                      f"{', '.join(sorted(folders[value]))} |")
     return "\n".join(lines) + "\n"
 

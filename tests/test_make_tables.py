@@ -51,14 +51,14 @@ def test_train_terms_table_lists_each_task_of_runs_that_have_it(make_tables):
 def test_sweep_table_groups_runs_by_the_hyperparameter_value(make_tables, tmp_path):
     import json
 
-    def cell(folder, order, seed, aa, lam=None):
+    def cell(folder, order, seed, aa, lam=None, log=True):
         kwargs = {} if lam is None else {"lam": lam}
         train = [{"task": "a", "steps": 2, "mean": {"ce": 2.0, "loss": 2.0}},
                  {"task": "b", "steps": 2, "mean": {"ce": 0.5, "loss": 0.5 + (lam or 0.5) * 10}}]
         (tmp_path / folder).mkdir(exist_ok=True)
         (tmp_path / folder / f"oliera_o{order}_s{seed}.json").write_text(json.dumps({
             "config": {"method": "oliera", "order": order, "method_kwargs": kwargs},
-            "summary": run(aa, -0.02), "train": train}))
+            "summary": run(aa, -0.02), **({"train": train} if log else {})}))
 
     cell("quick", 1, 0, 0.40)  # the default lam (0.5)
     cell("quick", 2, 0, 0.50)
@@ -67,6 +67,7 @@ def test_sweep_table_groups_runs_by_the_hyperparameter_value(make_tables, tmp_pa
     cell("quick-lam0.01", 2, 0, 0.50, lam=0.01)
     cell("quick-lam0.1", 2, 0, 0.55, lam=0.1)  # order 2 only: no mean over orders
     cell("other", 1, 0, 0.99, lam=0.01)  # not a variant of the preset: ignored
+    cell("quick-lam0.2", 1, 0, 0.45, lam=0.2, log=False)  # a result file without the training summary
     text = make_tables.sweep_table(tmp_path, "quick", "oliera", "lam")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ") and "---" not in line}
@@ -75,6 +76,7 @@ def test_sweep_table_groups_runs_by_the_hyperparameter_value(make_tables, tmp_pa
     assert rows["0.01"][:3] == ["65.0 (2)", "50.0", "57.5"]  # order 1 mean of two seeds, then over orders
     assert rows["0.01"][5] == "0.1" and rows["0.01"][6] == "quick-lam0.01"  # penalty of the later task only
     assert rows["0.1"][:4] == ["–", "55.0", "–", "–"]
+    assert rows["0.2"][4:6] == ["–", "–"]  # no cross-entropy or penalty to average
     with pytest.raises(ValueError, match="unknown method"):
         make_tables.sweep_table(tmp_path, "quick", "nope", "lam")
 

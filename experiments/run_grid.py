@@ -46,7 +46,7 @@ CPU_PRESET_LR = {"oliera": 1e-2, "osft": 1e-4}
 #    orthogonality term (159–280 per step) swamps the cross-entropy (0.5–1.6) and the later tasks
 #    are barely learned (mean AA 45.5 on orders 1–3). The sweep `--set lam=X --tag lamX` for
 #    X in 0, 0.001, 0.005, 0.05 (results/standard/sweep_oliera_lam.md) puts the best AA at 0.001
-#    (55.8, against 54.5 at 0 and 54.3 at 0.005), tuned on the test split like every AA here.
+#    (55.8, against 54.6 at 0 and 53.6 at 0.005), tuned on the test split like every AA here.
 CPU_PRESET_KWARGS = {"oliera": {"lam": 1e-3}}
 
 
